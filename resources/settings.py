@@ -1,0 +1,54 @@
+"""Environment settings, read when a resource is used (never at import time).
+
+Every variable the platform reads is named here, with its local default, so
+that a code location loads with nothing configured and a deployment sets
+only what differs from the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_MOTO_PORT = 5055
+DEFAULT_REGION = "us-east-1"
+
+
+def profile_name() -> str:
+    """The runtime profile: local (default), local-s3 or aws."""
+    return os.environ.get("PLATFORM_PROFILE", "local").strip() or "local"
+
+
+def var_dir() -> Path:
+    """Where the local stack keeps its state (lake, warehouse, Dagster home, pids)."""
+    return Path(os.environ.get("PLATFORM_VAR_DIR", PROJECT_ROOT / "var"))
+
+
+def data_dir() -> Path:
+    """Root of the local-directory lake."""
+    return Path(os.environ.get("PLATFORM_LAKE_DIR", var_dir() / "lake"))
+
+
+def warehouse_path() -> Path:
+    """The local DuckDB warehouse file."""
+    return Path(os.environ.get("PLATFORM_WAREHOUSE_PATH", var_dir() / "warehouse.duckdb"))
+
+
+def aws_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def local_aws_endpoint() -> str:
+    """The moto server that stands in for AWS on this machine."""
+    return os.environ.get("PLATFORM_AWS_ENDPOINT_URL", f"http://127.0.0.1:{DEFAULT_MOTO_PORT}")
+
+
+def lake_bucket() -> str:
+    return os.environ.get("PLATFORM_LAKE_BUCKET", "data-platform-lake")
+
+
+def landing_queue_name() -> str:
+    """SQS queue that receives the lake bucket's S3 event notifications."""
+    return os.environ.get("PLATFORM_LANDING_QUEUE", "data-platform-landing-events")
