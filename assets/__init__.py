@@ -1,0 +1,1 @@
+"""Domain asset packages. Each exposes `defs`: its assets, sensors and checks."""

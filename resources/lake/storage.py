@@ -113,6 +113,10 @@ class LakeStorage(dg.ConfigurableResource, ABC):
         """Objects under prefix not yet seen by cursor, oldest first, at most `limit`."""
         return cursor.take_new(self.list_objects(prefix), limit)
 
+    def key_from_notification(self, bucket: str, s3_key: str) -> str | None:
+        """The lake key of an S3 event's object, or None if the object is not in this lake."""
+        return None  # only an S3 lake receives S3 notifications
+
     # --- Parquet, partition-aware -----------------------------------------
     def write_parquet(
         self,
@@ -266,6 +270,12 @@ class S3Lake(LakeStorage):
         # the cursor drop the keys it already has.
         since = cursor.last_modified - timedelta(microseconds=1) if cursor.last_modified else None
         return cursor.take_new(self._objects(prefix, since), limit)
+
+    def key_from_notification(self, bucket: str, s3_key: str) -> str | None:
+        root = self.root_prefix.strip("/")
+        if bucket != self._bucket() or (root and not s3_key.startswith(root + "/")):
+            return None
+        return self._lake_key(s3_key)
 
     def uri(self, key: str) -> str:
         return f"s3://{self._bucket()}/{self._s3_key(key)}"

@@ -1,0 +1,29 @@
+"""Sensors that keep landing_arrivals current as objects land."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.lake_ops.assets import landing_arrivals
+from assets.shared.sensors import LakeRoute, day_of, lake_objects_sensor, s3_event_sensor
+from resources import settings
+from resources.lake import Tier
+
+# Every domain's landing objects count towards that day's arrivals.
+_ROUTE = LakeRoute(asset=landing_arrivals.key, tier=Tier.LANDING, partition_key=day_of)
+
+landing_listing_sensor = lake_objects_sensor(
+    "lake_ops_landing_listing",
+    [_ROUTE],
+    description="Lists the landing tier for new objects (local directory or S3).",
+)
+
+landing_events_sensor = s3_event_sensor(
+    "lake_ops_landing_events",
+    [_ROUTE],
+    queue_name=settings.landing_queue_name,
+    # Off by default: the listing sensor covers both lake modes; turn this on
+    # instead of it where the bucket's notifications feed the landing queue.
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Reads S3 event notifications for the landing tier from SQS.",
+)

@@ -1,0 +1,1 @@
+"""Building blocks the domains share: sensor factories and asset conventions."""

@@ -1,0 +1,10 @@
+"""What every asset of a domain carries: its group, its owner team and a domain tag."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def domain_asset_args(domain: str) -> dict[str, Any]:
+    """Keyword arguments for @asset / AssetSpec that place an asset in its domain."""
+    return {"group_name": domain, "owners": [f"team:{domain}"], "tags": {"domain": domain}}

@@ -1,0 +1,35 @@
+"""The code location: every domain's Definitions, the profile's resources and the global defaults.
+
+workspace.yaml loads this file. `platform/` is deliberately not a package (a
+package named `platform` would shadow the standard library module).
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+
+import dagster as dg
+
+from assets import lake_ops
+from resources.profiles import build_resources
+
+DOMAINS = [lake_ops]
+
+# Applied to every asset that does not declare its own freshness policy.
+DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=1), warn_window=timedelta(hours=12))
+
+
+def build_definitions() -> dg.Definitions:
+    merged = dg.Definitions.merge(
+        *(domain.defs for domain in DOMAINS),
+        dg.Definitions(resources=build_resources(), executor=dg.in_process_executor),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=dg.PreviewWarning)  # map_asset_specs is marked preview
+        return merged.map_asset_specs(
+            func=lambda spec: dg.apply_freshness_policy(spec, DEFAULT_FRESHNESS, overwrite_existing=False)
+        )
+
+
+defs = build_definitions()

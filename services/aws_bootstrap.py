@@ -1,0 +1,60 @@
+"""Create the AWS objects the platform expects (idempotent): queues with a dead-letter queue,
+and the lake bucket with S3 event notifications to the landing queue."""
+
+from __future__ import annotations
+
+import json
+
+from resources.aws import AwsClients
+
+MAX_RECEIVES_BEFORE_DLQ = 5
+
+
+def ensure_queue(aws: AwsClients, name: str) -> str:
+    """A queue and its '<name>-dlq' dead-letter queue; returns the queue URL."""
+    sqs = aws.client("sqs")
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVES_BEFORE_DLQ)})
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": redrive})
+    return url
+
+
+def ensure_bucket_notifications(aws: AwsClients, bucket: str, queue_name: str, prefix: str = "") -> None:
+    """The bucket, sending ObjectCreated events under `prefix` to the queue."""
+    s3 = aws.client("s3")
+    sqs = aws.client("sqs")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)
+    queue_url = ensure_queue(aws, queue_name)
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "Id": f"{queue_name}-created",
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                }
+            ]
+        },
+    )

@@ -1,0 +1,174 @@
+"""The local stack: moto, Dagster (webserver + daemon) and the demo feed, as one command.
+
+`dp up` starts every process in its own process group and stops them all on
+Ctrl-C or `dp down`. A second `dp up` while one runs reports it and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from resources import settings
+from services.moto import start_moto, wait_for_http
+
+PIDFILE = "stack.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pid() -> int | None:
+    pidfile = settings.var_dir() / PIDFILE
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def stack_env(profile: str, moto_port: int) -> dict[str, str]:
+    var = settings.var_dir().resolve()
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(var / "dagster_home"),
+        PLATFORM_PROFILE=profile,
+        PLATFORM_VAR_DIR=str(var),
+        PLATFORM_AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
+        AWS_DEFAULT_REGION=settings.aws_region(),
+        # The local stack never holds real AWS credentials: everything goes to moto.
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    return env
+
+
+def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
+    for _, proc in reversed(procs):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for name, proc in reversed(procs):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"stack: {name} did not stop in {grace:.0f} s; killing it", flush=True)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+
+
+def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) -> int:
+    var = settings.var_dir().resolve()
+    pid = running_pid()
+    if pid is not None:
+        print(f"stack: already running (pid {pid}); UI at http://127.0.0.1:{ui_port}. Stop it with `dp down`.")
+        return 0
+    var.mkdir(parents=True, exist_ok=True)
+    (var / "logs").mkdir(exist_ok=True)
+    home = var / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copyfile(settings.PROJECT_ROOT / "platform" / "dagster.yaml", home / "dagster.yaml")
+    (var / PIDFILE).write_text(f"{os.getpid()}\n")
+
+    profile = "local-s3" if lake_in_s3 else "local"
+    env = stack_env(profile, moto_port)
+    os.environ.update({k: env[k] for k in ("PLATFORM_AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    procs: list[tuple[str, subprocess.Popen]] = []
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        print(f"stack: profile {profile}, state in {var}", flush=True)
+        procs.append(("moto", start_moto(moto_port, var / "logs" / "moto.log")))
+        _bootstrap_aws(lake_in_s3)
+        dagster = Path(sys.executable).parent / "dagster"
+        procs.append(
+            (
+                "dagster",
+                subprocess.Popen(
+                    [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(ui_port)],
+                    cwd=settings.PROJECT_ROOT,
+                    env=env,
+                    start_new_session=True,
+                ),
+            )
+        )
+        wait_for_http(f"http://127.0.0.1:{ui_port}/server_info", timeout=180, proc=procs[-1][1])
+        feed_log = open(var / "logs" / "demo_feed.log", "ab")  # noqa: SIM115 - owned by the child
+        procs.append(
+            (
+                "demo-feed",
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "demo-feed", "--interval", str(demo_interval)],
+                    cwd=settings.PROJECT_ROOT,
+                    env=env,
+                    stdout=feed_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+            )
+        )
+        print(f"stack: up. Dagster UI at http://127.0.0.1:{ui_port} (Ctrl-C or `dp down` stops it)", flush=True)
+        while not stopping:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    print(f"stack: {name} exited with code {proc.returncode}; stopping", flush=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("stack: stopping", flush=True)
+        _stop_all(procs)
+        (var / PIDFILE).unlink(missing_ok=True)
+        print("stack: stopped", flush=True)
+    return 0
+
+
+def _bootstrap_aws(lake_in_s3: bool) -> None:
+    from resources.aws import AwsClients
+    from services.aws_bootstrap import ensure_bucket_notifications, ensure_queue
+
+    aws = AwsClients(use_local_endpoint=True)
+    if lake_in_s3:
+        ensure_bucket_notifications(aws, settings.lake_bucket(), settings.landing_queue_name(), prefix="landing/")
+    else:
+        ensure_queue(aws, settings.landing_queue_name())
+
+
+def down(timeout: float = 60.0) -> int:
+    pid = running_pid()
+    if pid is None:
+        print("stack: not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        print(f"stack: pid {pid} still running after {timeout:.0f} s")
+        return 1
+    print("stack: stopped")
+    return 0
