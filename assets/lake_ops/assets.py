@@ -1,7 +1,5 @@
 """Assets that describe the lake itself: what landed each day, and what every tier holds."""
 
-from __future__ import annotations
-
 import io
 from collections import defaultdict
 from datetime import timedelta
