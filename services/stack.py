@@ -21,13 +21,18 @@ PIDFILE = "stack.pid"
 
 
 def _alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def running_pid() -> int | None:

@@ -1,0 +1,112 @@
+"""The whole flow: `dp up` starts moto, Dagster (UI + daemon) and the demo feed; the landing
+sensor turns demo files into materializations; `dp down` stops every process it started."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from services.moto import free_port
+
+ROOT = Path(__file__).resolve().parents[1].parent
+DP = Path(sys.executable).parent / "dp"
+pytestmark = pytest.mark.e2e
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"dp up exited early with {proc.returncode}"
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of pid, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
+    var = tmp_path / "var"
+    ui_port, moto_port = free_port(), free_port()
+    env = {**os.environ, "PLATFORM_VAR_DIR": str(var)}
+    args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3"]
+    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    started: set[int] = set()
+    try:
+        _wait(lambda: _port_open(ui_port), 180, "the Dagster UI", proc)
+        assets = _graphql(ui_port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+        assert ["lake_ops", "landing_arrivals"] in [a["assetKey"]["path"] for a in assets]
+
+        def daemons_healthy():
+            statuses = _graphql(
+                ui_port, "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
+            )["instance"]["daemonHealth"]["allDaemonStatuses"]
+            required = {s["daemonType"]: s["healthy"] for s in statuses if s["required"]}
+            return required if "SENSOR" in required and all(required.values()) else None
+
+        healthy = _wait(daemons_healthy, 120, "healthy daemons", proc)
+        assert {"SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(healthy)
+
+        # Demo files land every 3 s; the listing sensor must turn them into a materialization.
+        instance = dg.DagsterInstance.from_config(str(var / "dagster_home"))
+        key = dg.AssetKey(["lake_ops", "landing_arrivals"])
+        event = _wait(lambda: instance.get_latest_materialization_event(key), 240, "a sensor-run materialization", proc)
+        assert event.asset_materialization.metadata["rows"].value > 0
+        run = instance.get_run_by_id(event.run_id)
+        assert run.tags.get("dagster/sensor_name") == "lake_ops_landing_listing"
+
+        again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        started = _children(proc.pid)
+        assert len(started) >= 3  # moto, dagster dev (and its webserver, daemon, code server), demo feed
+    finally:
+        down = subprocess.run([str(DP), "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        proc.wait(timeout=60)
+        log.close()
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert proc.returncode == 0, (tmp_path / "stack.log").read_text()[-3000:]
+    time.sleep(1)
+    assert not _port_open(ui_port) and not _port_open(moto_port)
+    still_running = {p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in
+                     Path(f"/proc/{p}/status").read_text().lower()}
+    assert still_running == set()
+    assert not (var / "stack.pid").exists()
