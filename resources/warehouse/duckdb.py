@@ -1,0 +1,159 @@
+"""The warehouse in a local DuckDB file (the embedded default for BigQuery)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resources import settings
+from resources.warehouse.base import LoadMode, Warehouse, merge_batch
+from resources.warehouse.sql import merge_sql, quote_identifier, quote_table, table_parts
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+
+class DuckDBWarehouse(Warehouse):
+    """A DuckDB database file; `path` defaults to settings.warehouse_path() (read at use time).
+
+    Every operation opens and closes its own connection: DuckDB lets one
+    process write a file at a time, and Dagster runs are separate processes,
+    so nobody keeps the lock longer than one operation. A process that finds
+    the file locked retries for up to `lock_timeout` seconds.
+    """
+
+    path: str | None = None
+    lock_timeout: float = 60.0
+
+    @property
+    def dialect(self) -> str:
+        return "duckdb"
+
+    def database_path(self) -> Path:
+        return Path(self.path) if self.path else settings.warehouse_path()
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        import duckdb  # lazy: keeps duckdb out of the code location's import
+
+        path = self.database_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(path))
+                break
+            except duckdb.IOException as exc:
+                # Another process holds the write lock; it lets go when its operation ends.
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    # --- SQL ---------------------------------------------------------------
+    def query(self, sql: str) -> pa.Table:
+        import pyarrow as pa
+
+        with self.connect() as con:
+            # con.sql gives a relation whose Arrow output needs no extra copy
+            # (DuckDB warns about Arrow from a DB-API cursor).
+            relation = con.sql(sql)
+            return relation.to_arrow_table() if relation is not None else pa.table({})
+
+    def execute(self, sql: str) -> None:
+        with self.connect() as con:
+            con.execute(sql)
+
+    def table_exists(self, table: str) -> bool:
+        parts = table_parts(table)
+        if not self.database_path().exists():
+            return False  # don't create a database file just to look into it
+        schema = parts[-2] if len(parts) > 1 else None
+        catalog = parts[0] if len(parts) == 3 else None
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT count(*) FROM information_schema.tables"
+                " WHERE lower(table_name) = lower($table)"
+                " AND lower(table_schema) = lower(coalesce($schema, current_schema()))"
+                " AND lower(table_catalog) = lower(coalesce($catalog, current_database()))",
+                {"table": parts[-1], "schema": schema, "catalog": catalog},
+            ).fetchone()
+        return bool(row and row[0])
+
+    # --- loading -----------------------------------------------------------
+    def load(self, table: str, data: pa.Table, mode: LoadMode = "append") -> int:
+        if mode not in ("append", "replace"):
+            raise ValueError(f"load mode must be 'append' or 'replace', not {mode!r}")
+        target = quote_table(table)
+        with self._transaction() as con:
+            self._ensure_schema(con, table)
+            incoming = _register(con, data)
+            if mode == "replace":
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {incoming}")
+            else:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
+                # BY NAME: columns match by name, so column order in the batch doesn't matter.
+                con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
+        return data.num_rows
+
+    def merge(
+        self, table: str, data: pa.Table, keys: list[str], delete_column: str | None = None
+    ) -> dict[str, int]:
+        import pyarrow.compute as pc
+
+        batch = merge_batch(data, keys, delete_column)
+        columns = [c for c in batch.column_names if c != delete_column]
+        staging = _fresh_name()
+        statement = merge_sql(table, staging, keys, columns, delete_column)  # validates every name first
+        target = quote_table(table)
+        select = ", ".join(quote_identifier(c) for c in columns)
+        with self._transaction() as con:
+            self._ensure_schema(con, table)
+            con.register(staging, batch)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select} FROM {staging} LIMIT 0")
+            # RETURNING merge_action gives one row per row the MERGE touched: exact counts.
+            actions = con.sql(f"{statement}\nRETURNING merge_action").to_arrow_table()["merge_action"]
+        counts = {"inserted": 0, "updated": 0, "deleted": 0}
+        names = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}
+        for entry in pc.value_counts(actions).to_pylist():
+            counts[names[entry["values"]]] += entry["counts"]
+        return counts
+
+    @staticmethod
+    def _ensure_schema(con: Any, table: str) -> None:
+        parts = table_parts(table)
+        if len(parts) > 1:
+            schema = ".".join(f'"{part}"' for part in parts[:-1])  # parts are validated
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+
+
+def _fresh_name() -> str:
+    return f"_incoming_{uuid.uuid4().hex}"
+
+
+def _register(con: Any, data: pa.Table) -> str:
+    """Expose an Arrow table to this connection under a fresh name (a temporary view)."""
+    name = _fresh_name()
+    con.register(name, data)
+    return name
