@@ -51,7 +51,10 @@ def main() -> None:
     for name, (inner, wall) in results.items():
         print(f"{name:<24}{inner:>16.2f}{wall:>16.2f}")
     platform, eager = results["platform definitions"][0], results["eager peer"][0]
-    print(f"platform / eager peer: {platform / eager:.2f}x  (platform is {eager - platform:.2f} s faster per run)")
+    print(
+        f"platform / eager peer: {platform / eager:.2f}x "
+        f"(platform is {eager - platform:.2f} s faster per run)"
+    )
     print(f"platform over dagster alone: +{platform - results['dagster alone'][0]:.2f} s")
 
 

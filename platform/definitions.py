@@ -17,13 +17,26 @@ from resources.profiles import build_resources
 DOMAINS = [lake_ops]
 
 # Applied to every asset that does not declare its own freshness policy.
-DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(days=1), warn_window=timedelta(hours=12))
+DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(days=1), warn_window=timedelta(hours=12)
+)
+
+
+# Dagster's default automation sensor starts stopped; this one runs from the first start,
+# so assets with an AutomationCondition update on their own.
+AUTOMATION = dg.AutomationConditionSensorDefinition(
+    "platform_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates every asset's AutomationCondition.",
+)
 
 
 def build_definitions() -> dg.Definitions:
     merged = dg.Definitions.merge(
         *(domain.defs for domain in DOMAINS),
-        dg.Definitions(resources=build_resources(), executor=dg.in_process_executor),
+        dg.Definitions(resources=build_resources(), executor=dg.in_process_executor, sensors=[AUTOMATION]),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=dg.PreviewWarning)  # map_asset_specs is marked preview

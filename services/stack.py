@@ -6,6 +6,7 @@ Ctrl-C or `dp down`. A second `dp up` while one runs reports it and exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -65,27 +66,25 @@ def stack_env(profile: str, moto_port: int) -> dict[str, str]:
 def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
     for _, proc in reversed(procs):
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + grace
     for name, proc in reversed(procs):
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             print(f"stack: {name} did not stop in {grace:.0f} s; killing it", flush=True)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
-        except ProcessLookupError:
-            pass
 
 
 def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) -> int:
     var = settings.var_dir().resolve()
     pid = running_pid()
     if pid is not None:
-        print(f"stack: already running (pid {pid}); UI at http://127.0.0.1:{ui_port}. Stop it with `dp down`.")
+        print(
+            f"stack: already running (pid {pid}); UI at http://127.0.0.1:{ui_port}. Stop it with `dp down`."
+        )
         return 0
     var.mkdir(parents=True, exist_ok=True)
     (var / "logs").mkdir(exist_ok=True)
@@ -96,7 +95,9 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
 
     profile = "local-s3" if lake_in_s3 else "local"
     env = stack_env(profile, moto_port)
-    os.environ.update({k: env[k] for k in ("PLATFORM_AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+    os.environ.update(
+        {k: env[k] for k in ("PLATFORM_AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    )
     procs: list[tuple[str, subprocess.Popen]] = []
     stopping = False
 
@@ -137,7 +138,9 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
                 ),
             )
         )
-        print(f"stack: up. Dagster UI at http://127.0.0.1:{ui_port} (Ctrl-C or `dp down` stops it)", flush=True)
+        print(
+            f"stack: up. Dagster UI at http://127.0.0.1:{ui_port} (Ctrl-C or `dp down` stops it)", flush=True
+        )
         while not stopping:
             for name, proc in procs:
                 if proc.poll() is not None:
@@ -158,7 +161,9 @@ def _bootstrap_aws(lake_in_s3: bool) -> None:
 
     aws = AwsClients(use_local_endpoint=True)
     if lake_in_s3:
-        ensure_bucket_notifications(aws, settings.lake_bucket(), settings.landing_queue_name(), prefix="landing/")
+        ensure_bucket_notifications(
+            aws, settings.lake_bucket(), settings.landing_queue_name(), prefix="landing/"
+        )
     else:
         ensure_queue(aws, settings.landing_queue_name())
 

@@ -13,8 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "platform" / "definitions.py"
 # Each run re-imports the code location, so these must load only when used.
-HEAVY_MODULES = ["google.cloud.bigquery", "dagster_gcp", "dagster_aws", "pyspark", "moto", "boto3", "duckdb",
-                 "sqlalchemy", "redis", "pyarrow"]
+HEAVY_MODULES = [
+    "google.cloud.bigquery",
+    "dagster_gcp",
+    "dagster_aws",
+    "pyspark",
+    "moto",
+    "boto3",
+    "duckdb",
+    "sqlalchemy",
+    "redis",
+    "pyarrow",
+]
 
 
 def _defs() -> dg.Definitions:
@@ -46,7 +56,9 @@ def test_global_freshness_policy_applies_where_none_is_declared():
 def test_sensors_and_resources_are_wired():
     defs = _defs()
     repo = defs.get_repository_def()
-    assert {"lake_ops_landing_listing", "lake_ops_landing_events"} <= {s.name for s in repo.sensor_defs}
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert {"lake_ops_landing_listing", "lake_ops_landing_events", "platform_automation"} <= set(sensors)
+    assert sensors["platform_automation"].default_status == dg.DefaultSensorStatus.RUNNING
     assert {"lake", "warehouse", "aws", "cache"} <= set(defs.resources or {})
 
 
@@ -56,7 +68,11 @@ def test_dagster_definitions_validate(profile):
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
@@ -75,6 +91,11 @@ def test_loading_the_code_location_keeps_heavy_imports_out():
         f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(ENTRY)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code, str(ENTRY)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

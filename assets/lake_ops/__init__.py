@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.lake_ops.assets import landing_arrivals, lake_inventory, lake_paths_follow_conventions
+from assets.lake_ops.assets import lake_inventory, lake_paths_follow_conventions, landing_arrivals
 from assets.lake_ops.sensors import landing_events_sensor, landing_listing_sensor
 
 defs = dg.Definitions(

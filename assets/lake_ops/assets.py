@@ -11,7 +11,7 @@ from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.paths import LakePathError, dataset_prefix, parse_key
 
 DOMAIN = "lake_ops"
-daily = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
+daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
 
 
 def _parquet_rows(lake: LakeStorage, key: str) -> int | None:
@@ -64,7 +64,7 @@ def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
         }
     )
     # A fixed file name makes a re-run replace the day's summary instead of adding one.
-    key = lake.write_parquet(summary, Tier.CURATED, DOMAIN, "landing_arrivals", day, "summary.parquet")
+    written = lake.write_parquet(summary, Tier.CURATED, DOMAIN, "landing_arrivals", day, "summary.parquet")
     if unreadable:
         context.log.warning(f"{len(unreadable)} landing objects are not readable Parquet: {unreadable[:10]}")
     return dg.MaterializeResult(
@@ -74,9 +74,18 @@ def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
             "rows": sum(v["rows"] for v in stats.values()),
             "datasets": len(stats),
             "unreadable_objects": len(unreadable),
-            "path": dg.MetadataValue.path(lake.uri(key)),
+            "path": dg.MetadataValue.path(lake.uri(written)),
         }
     )
+
+
+# eager() would wait for every day of landing_arrivals to exist; the inventory
+# should refresh after any day's arrivals instead.
+_REFRESH_AFTER_ARRIVALS = (
+    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after new arrivals")
 
 
 @dg.asset(
@@ -84,7 +93,7 @@ def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
     deps=[landing_arrivals],
     description="Objects, bytes and partitions per tier and dataset across the whole lake.",
     kinds={"parquet"},
-    automation_condition=dg.AutomationCondition.eager() | dg.AutomationCondition.on_cron("0 * * * *"),
+    automation_condition=_REFRESH_AFTER_ARRIVALS | dg.AutomationCondition.on_cron("0 * * * *"),
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2)),
     **domain_asset_args(DOMAIN),
 )
@@ -122,14 +131,14 @@ def lake_inventory(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.M
             "newest_object": [v["newest"] for _, v in ordered],
         }
     )
-    key = lake.write_parquet(table, Tier.CURATED, DOMAIN, "lake_inventory", None, "inventory.parquet")
+    written = lake.write_parquet(table, Tier.CURATED, DOMAIN, "lake_inventory", None, "inventory.parquet")
     metadata: dict[str, dg.RawMetadataValue] = {
         "datasets": len(ordered),
         "objects": sum(v["objects"] for _, v in ordered),
         "bytes": sum(v["bytes"] for _, v in ordered),
         "nonconforming_objects": len(nonconforming),
         "nonconforming_sample": dg.MetadataValue.json(nonconforming[:20]),
-        "path": dg.MetadataValue.path(lake.uri(key)),
+        "path": dg.MetadataValue.path(lake.uri(written)),
         "inventory": dg.MetadataValue.md(_markdown(ordered)),
     }
     for tier in Tier:
@@ -143,7 +152,9 @@ def lake_inventory(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.M
 def _markdown(ordered: list) -> str:
     lines = ["| tier | dataset | objects | bytes | partitions |", "|---|---|---:|---:|---:|"]
     for (tier, domain, dataset), v in ordered:
-        lines.append(f"| {tier} | {domain}/{dataset} | {v['objects']} | {v['bytes']} | {len(v['partitions'])} |")
+        lines.append(
+            f"| {tier} | {domain}/{dataset} | {v['objects']} | {v['bytes']} | {len(v['partitions'])} |"
+        )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def run_requests_for(
     sensor_name: str,
     arrivals: Iterable[tuple[str, str]],
     routes: Sequence[LakeRoute],
-    log: dg.DagsterLogManager | None = None,
+    log: logging.Logger | None = None,
 ) -> list[dg.RunRequest]:
     """One RunRequest per (asset, partition) for arrivals given as (lake key, identity).
 
@@ -89,7 +90,9 @@ def run_requests_for(
         groups[(route.asset, route.partition_key(lake_key))].append((key, identity))
 
     requests = []
-    for (asset, partition), items in sorted(groups.items(), key=lambda kv: (kv[0][0].to_user_string(), kv[0][1] or "")):
+    for (asset, partition), items in sorted(
+        groups.items(), key=lambda kv: (kv[0][0].to_user_string(), kv[0][1] or "")
+    ):
         digest = hashlib.sha1("\n".join(sorted(i for _, i in items)).encode()).hexdigest()[:16]
         requests.append(
             dg.RunRequest(
@@ -178,9 +181,9 @@ def s3_event_sensor(
         arrivals: list[tuple[str, str]] = []
         handled: list[dict[str, str]] = []
         for _ in range(max_batches):
-            batch = sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
+            batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
+                "Messages", []
+            )
             for message in batch:
                 try:
                     events = parse_message(message["Body"])
@@ -203,8 +206,6 @@ def s3_event_sensor(
             sqs.delete_message_batch(QueueUrl=queue_url, Entries=handled[start : start + 10])
         if not handled:
             return dg.SkipReason(f"no messages on {queue_name()}")
-        return dg.SensorResult(
-            run_requests=requests, cursor=json.dumps({"seen": seen[-remembered_events:]})
-        )
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"seen": seen[-remembered_events:]}))
 
     return _sensor

@@ -253,7 +253,7 @@ class S3Lake(LakeStorage):
             self._bucket(), self._s3_key(prefix), since_last_modified=since, client=self.aws.client("s3")
         )
         objects = [
-            LakeObject(self._lake_key(o["Key"]), o["Size"], o["LastModified"].astimezone(UTC))
+            LakeObject(self._lake_key(o["Key"]), o.get("Size") or 0, o["LastModified"].astimezone(UTC))
             for o in listed
             if not is_hidden(o["Key"])
         ]

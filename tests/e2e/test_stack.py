@@ -88,7 +88,9 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
         # Demo files land every 3 s; the listing sensor must turn them into a materialization.
         instance = dg.DagsterInstance.from_config(str(var / "dagster_home"))
         key = dg.AssetKey(["lake_ops", "landing_arrivals"])
-        event = _wait(lambda: instance.get_latest_materialization_event(key), 240, "a sensor-run materialization", proc)
+        event = _wait(
+            lambda: instance.get_latest_materialization_event(key), 240, "a sensor-run materialization", proc
+        )
         assert event.asset_materialization.metadata["rows"].value > 0
         run = instance.get_run_by_id(event.run_id)
         assert run.tags.get("dagster/sensor_name") == "lake_ops_landing_listing"
@@ -99,14 +101,19 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
         started = _children(proc.pid)
         assert len(started) >= 3  # moto, dagster dev (and its webserver, daemon, code server), demo feed
     finally:
-        down = subprocess.run([str(DP), "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        down = subprocess.run(
+            [str(DP), "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         proc.wait(timeout=60)
         log.close()
     assert down.returncode == 0, down.stdout + down.stderr
     assert proc.returncode == 0, (tmp_path / "stack.log").read_text()[-3000:]
     time.sleep(1)
     assert not _port_open(ui_port) and not _port_open(moto_port)
-    still_running = {p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in
-                     Path(f"/proc/{p}/status").read_text().lower()}
+    still_running = {
+        p
+        for p in started
+        if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()
+    }
     assert still_running == set()
     assert not (var / "stack.pid").exists()

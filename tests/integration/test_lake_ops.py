@@ -6,7 +6,7 @@ from datetime import date, datetime
 import dagster as dg
 import pyarrow as pa
 
-from assets.lake_ops.assets import landing_arrivals, lake_inventory, lake_paths_follow_conventions
+from assets.lake_ops.assets import lake_inventory, lake_paths_follow_conventions, landing_arrivals
 from resources.lake import LakePartition, Tier
 from services.demo_feed import demo_batch, write_one
 
@@ -16,9 +16,12 @@ def test_landing_arrivals_counts_what_landed(lake):
     rng = random.Random(7)
     sizes = [rng.randint(5, 50) for _ in range(3)]
     for rows in sizes:
-        lake.write_parquet(demo_batch(datetime(2026, 11, 23, 4), rows, rng),
-                           Tier.LANDING, "demo", "events", day)
-    lake.write_parquet(pa.table({"x": [1, 2]}), Tier.LANDING, "demo", "other", LakePartition(date(2026, 11, 24)))
+        lake.write_parquet(
+            demo_batch(datetime(2026, 11, 23, 4), rows, rng), Tier.LANDING, "demo", "events", day
+        )
+    lake.write_parquet(
+        pa.table({"x": [1, 2]}), Tier.LANDING, "demo", "other", LakePartition(date(2026, 11, 24))
+    )
     lake.put_bytes(f"landing/demo/events/{day.path}/broken.parquet", b"not parquet")
 
     result = dg.materialize([landing_arrivals], resources={"lake": lake}, partition_key="2026-11-23")
@@ -27,7 +30,9 @@ def test_landing_arrivals_counts_what_landed(lake):
     assert meta["rows"].value == sum(sizes)
     assert meta["objects"].value == 4  # three files and the broken one
     assert meta["unreadable_objects"].value == 1
-    summary = lake.read_parquet(Tier.CURATED, "lake_ops", "landing_arrivals", LakePartition(date(2026, 11, 23)))
+    summary = lake.read_parquet(
+        Tier.CURATED, "lake_ops", "landing_arrivals", LakePartition(date(2026, 11, 23))
+    )
     assert summary.to_pylist()[0]["rows"] == sum(sizes)
 
     # Re-running the partition replaces its summary rather than adding a second one.

@@ -73,14 +73,18 @@ def test_s3_event_on_sqs_requests_the_right_partition_once(local_aws, notified_l
 def test_malformed_message_stays_for_the_dead_letter_queue(local_aws, notified_lake):
     lake, queue, sqs, queue_url = notified_lake
     sensor = s3_event_sensor(
-        "demo_events", [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")], queue_name=lambda: queue
+        "demo_events",
+        [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")],
+        queue_name=lambda: queue,
     )
     sqs.send_message(QueueUrl=queue_url, MessageBody="not an s3 event")
     key = lake.write_parquet(
         pa.table({"x": [1]}), Tier.LANDING, "demo", "events", LakePartition(date(2026, 11, 23), 9)
     )
     result = _tick(sensor, None, aws=local_aws, lake=lake)
-    assert [(r.partition_key, r.tags["lake/first_key"]) for r in result.run_requests] == [("2026-11-23-09:00", key)]
+    assert [(r.partition_key, r.tags["lake/first_key"]) for r in result.run_requests] == [
+        ("2026-11-23-09:00", key)
+    ]
     # Not deleted: in flight until its visibility timeout, then back, until the redrive policy moves it.
     counts = sqs.get_queue_attributes(
         QueueUrl=queue_url,
@@ -90,7 +94,9 @@ def test_malformed_message_stays_for_the_dead_letter_queue(local_aws, notified_l
 
 
 def test_listing_sensor_requests_each_partition_once(lake):
-    sensor = lake_objects_sensor("demo_listing", [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")])
+    sensor = lake_objects_sensor(
+        "demo_listing", [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")]
+    )
     h7, h8 = LakePartition(date(2026, 11, 23), 7), LakePartition(date(2026, 11, 23), 8)
     for partition in (h7, h7, h8):
         lake.write_parquet(pa.table({"x": [1]}), Tier.LANDING, "demo", "events", partition)
