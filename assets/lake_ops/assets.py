@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets.shared.conventions import domain_asset_args
 from resources.lake import LakePartition, LakeStorage, Tier
-from resources.lake.paths import LakePathError, dataset_prefix, parse_key
+from resources.lake.paths import LakePathError, parse_key
 
 DOMAIN = "lake_ops"
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
@@ -171,7 +171,3 @@ def lake_paths_follow_conventions(lake: LakeStorage) -> dg.AssetCheckResult:
         passed=not bad,
         metadata={"nonconforming_objects": len(bad), "examples": dg.MetadataValue.json(bad[:10])},
     )
-
-
-# Demo feed target: the local stack drops small Parquet files here (services/demo_feed.py).
-DEMO_PREFIX = dataset_prefix(Tier.LANDING, DOMAIN, "demo_events")

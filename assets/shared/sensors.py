@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from assets.shared.s3_events import MalformedNotification, parse_message
 from resources.aws import AwsClients
 from resources.lake import LakeStorage, ListingCursor
 from resources.lake.paths import LakeKey, LakePathError, Tier, dataset_prefix, parse_key
@@ -162,7 +163,6 @@ def s3_event_sensor(
     is left on the queue, so its redrive policy moves it to the dead-letter
     queue instead of losing it.
     """
-    from assets.shared.s3_events import MalformedNotification, parse_message
 
     @dg.sensor(
         name=name,
