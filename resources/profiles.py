@@ -21,6 +21,7 @@ from resources import settings
 from resources.aws import AwsClients
 from resources.cache import RedisCache
 from resources.lake import LocalLake, S3Lake
+from resources.sql_source import SqlSource
 from resources.warehouse import BigQueryWarehouse, DuckDBWarehouse
 
 
@@ -45,6 +46,13 @@ def _aws() -> dict[str, Any]:
         ),
         "cache": RedisCache(url=dg.EnvVar("PLATFORM_REDIS_URL")),
     }
+
+
+def sql_source(url_env: str, local_url: str) -> SqlSource:
+    """A relational source: the catalog's local URL on this machine, the URL in `url_env` on AWS."""
+    if settings.profile_name() == "aws":
+        return SqlSource(url=dg.EnvVar(url_env))
+    return SqlSource(url=local_url)
 
 
 PROFILES: dict[str, Callable[[], dict[str, Any]]] = {"local": _local, "local-s3": _local_s3, "aws": _aws}

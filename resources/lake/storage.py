@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -97,7 +98,18 @@ class LakeStorage(dg.ConfigurableResource, ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Move a finished local file into the lake under key, atomically; the file is consumed."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Copy the object to a local file (for streaming readers)."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
 
     @abstractmethod
     def list_objects(self, prefix: str) -> list[LakeObject]:
@@ -116,6 +128,12 @@ class LakeStorage(dg.ConfigurableResource, ABC):
     def key_from_notification(self, bucket: str, s3_key: str) -> str | None:
         """The lake key of an S3 event's object, or None if the object is not in this lake."""
         return None  # only an S3 lake receives S3 notifications
+
+    def scratch_dir(self) -> Path:
+        """Local directory for files being written before they move into the lake."""
+        path = settings.var_dir() / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # --- Parquet, partition-aware -----------------------------------------
     def write_parquet(
@@ -191,8 +209,30 @@ class LocalLake(LakeStorage):
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex}-{target.name}"
+        try:
+            shutil.move(path, tmp)  # a rename when on the same file system
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get_file(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def scratch_dir(self) -> Path:
+        # Inside the lake root (hidden), so moving a finished file in is a rename.
+        path = self._root() / ".scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
 
     def list_objects(self, prefix: str) -> list[LakeObject]:
         root = self._root()
@@ -243,8 +283,19 @@ class S3Lake(LakeStorage):
     def get_bytes(self, key: str) -> bytes:
         return self.aws.client("s3").get_object(Bucket=self._bucket(), Key=self._s3_key(key))["Body"].read()
 
+    def put_file(self, key: str, path: Path) -> None:
+        self.aws.client("s3").upload_file(str(path), self._bucket(), self._s3_key(key))
+        Path(path).unlink(missing_ok=True)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.aws.client("s3").download_file(self._bucket(), self._s3_key(key), str(path))
+
     def delete(self, key: str) -> None:
         self.aws.client("s3").delete_object(Bucket=self._bucket(), Key=self._s3_key(key))
+
+    def exists(self, key: str) -> bool:
+        listed = self.aws.client("s3").list_objects_v2(Bucket=self._bucket(), Prefix=self._s3_key(key), MaxKeys=1)
+        return any(o["Key"] == self._s3_key(key) for o in listed.get("Contents", []))
 
     def _objects(self, prefix: str, since: datetime | None) -> list[LakeObject]:
         from dagster_aws.s3.sensor import get_objects  # lazy: imports boto3

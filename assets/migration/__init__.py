@@ -1,0 +1,8 @@
+"""On-prem table migration: registry-driven loads from relational sources into the lake."""
+
+import dagster as dg
+
+from assets.migration.factory import build_source_defs
+from assets.migration.registry import load_registry
+
+defs = dg.Definitions.merge(*(build_source_defs(source) for source in load_registry()))

@@ -1,0 +1,213 @@
+"""Read a source table as a stream of Arrow record batches, with bounded memory.
+
+PostgreSQL goes through ADBC (COPY in binary, decoded in C++); MariaDB, MySQL
+and Oracle through SqlSource's server-side cursor. Large tables can be read as
+several primary-key ranges in parallel threads that feed one bounded queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from resources.sql_source import SqlSource
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_DONE = object()
+
+
+def select_sql(source: SqlSource, table: str, where: Sequence[Any] = ()) -> str:
+    """SELECT * FROM table WHERE ..., rendered for the source's dialect with literal values."""
+    import sqlalchemy as sa
+
+    schema, _, name = table.rpartition(".")
+    stmt = sa.select(sa.text("*")).select_from(sa.table(name, schema=schema or None))
+    for clause in where:
+        stmt = stmt.where(clause)
+    return str(stmt.compile(dialect=source.engine().dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _numeric_type(field: pa.Field) -> pa.DataType:
+    """PostgreSQL NUMERIC(p, s) from the typmod ADBC reports; unconstrained NUMERIC as (38, 9)."""
+    import pyarrow as pa
+
+    typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
+    if typmod < 4:
+        return pa.decimal128(38, 9)
+    return pa.decimal128(((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF)
+
+
+def normalize(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Plain Arrow types without driver metadata (ADBC hands NUMERIC over as an opaque string)."""
+    import pyarrow as pa
+
+    columns, fields = [], []
+    for field, column in zip(batch.schema, batch.columns, strict=True):
+        if isinstance(field.type, pa.ExtensionType) or isinstance(column, pa.ExtensionArray):
+            target = _numeric_type(field) if "numeric" in str(field.type) else pa.string()
+            column = column.storage.cast(target)
+        columns.append(column)
+        fields.append(pa.field(field.name, column.type))
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _adbc_batches(source: SqlSource, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    import adbc_driver_postgresql.dbapi as pg
+    from sqlalchemy.engine import make_url
+
+    uri = make_url(source.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with pg.connect(uri) as conn, conn.cursor() as cursor:
+        # ~100 bytes a row: ask the driver for batches of about batch_rows rows.
+        cursor.adbc_statement.set_options(
+            **{"adbc.postgresql.batch_size_hint_bytes": str(max(1 << 20, batch_rows * 100))}
+        )
+        cursor.execute(sql)
+        for batch in cursor.fetch_record_batch():
+            yield normalize(batch)
+
+
+def stream(source: SqlSource, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    if source.dialect_name == "postgresql":
+        yield from _adbc_batches(source, sql, batch_rows)
+    else:
+        yield from source.stream_batches(sql, batch_rows=batch_rows)
+
+
+def key_ranges(
+    source: SqlSource, table: str, column: str, parts: int, where: Sequence[Any] = ()
+) -> list[Any]:
+    """Range predicates splitting table on an integer column into `parts` (at least one)."""
+    import sqlalchemy as sa
+
+    schema, _, name = table.rpartition(".")
+    col = sa.column(column)
+    stmt = sa.select(sa.func.min(col), sa.func.max(col)).select_from(sa.table(name, schema=schema or None))
+    for clause in where:
+        stmt = stmt.where(clause)
+    with source.engine().connect() as conn:
+        low, high = conn.execute(stmt).one()
+    if low is None or parts <= 1 or not isinstance(low, int):
+        return [sa.true()]
+    step = max(1, -(-(high - low + 1) // parts))
+    bounds = [*range(low, high + 1, step), high + 1]
+    return [sa.and_(col >= lo, col < hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def read_table(
+    source: SqlSource,
+    table: str,
+    *,
+    where: Sequence[Any] = (),
+    batch_rows: int = 50_000,
+    parallel: int = 1,
+    split_column: str | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Every row of table matching where, as batches; `parallel` readers split on split_column."""
+    if parallel <= 1 or split_column is None:
+        yield from stream(source, select_sql(source, table, where), batch_rows)
+        return
+    ranges = key_ranges(source, table, split_column, parallel, where)
+    sqls = [select_sql(source, table, [*where, r]) for r in ranges]
+    # Bounded: readers block once a few batches wait, so memory stays flat.
+    buffer: queue.Queue = queue.Queue(maxsize=2 * len(sqls))
+    stop = threading.Event()
+
+    def reader(sql: str) -> None:
+        try:
+            for batch in stream(source, sql, batch_rows):
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            buffer.put(exc)
+
+    threads = [threading.Thread(target=reader, args=(sql,), daemon=True) for sql in sqls]
+    for thread in threads:
+        thread.start()
+    finished = 0
+    try:
+        while finished < len(threads):
+            item = buffer.get()
+            if item is _DONE:
+                finished += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        while True:  # unblock readers waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                break
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def arrow_schema(source: SqlSource, table: str) -> pa.Schema:
+    """The table's Arrow schema from the source catalog, so every batch (and an empty
+    result) gets the same types whatever the driver inferred from the values."""
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    schema, _, name = table.rpartition(".")
+    columns = sa.inspect(source.engine()).get_columns(name, schema=schema or None)
+    if not columns:
+        raise LookupError(f"table {table!r} not found in {source.safe_url()}")
+    return pa.schema([pa.field(c["name"], _arrow_type(c["type"])) for c in columns])
+
+
+def _arrow_type(sql_type: Any) -> pa.DataType:
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    if isinstance(sql_type, sa.Boolean):
+        return pa.bool_()
+    if isinstance(sql_type, sa.SmallInteger):
+        return pa.int16()
+    if isinstance(sql_type, sa.BigInteger):
+        return pa.int64()
+    if isinstance(sql_type, sa.Integer):
+        # MySQL TINYINT(1) is how MariaDB spells BOOLEAN; keep it an integer like the source.
+        return pa.int32()
+    if isinstance(sql_type, sa.Float):
+        return pa.float64()
+    if isinstance(sql_type, sa.Numeric):
+        if sql_type.precision is None:
+            return pa.decimal128(38, 9)
+        return pa.decimal128(sql_type.precision, sql_type.scale or 0)
+    if isinstance(sql_type, sa.DateTime):
+        return pa.timestamp("us")
+    if isinstance(sql_type, sa.Date):
+        return pa.date32()
+    if isinstance(sql_type, sa.LargeBinary):
+        return pa.binary()
+    return pa.string()
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a batch to the table's schema (column by name), naming the column that does not fit."""
+    import pyarrow as pa
+
+    arrays = []
+    for field in schema:
+        column = batch.column(field.name)
+        try:
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise TypeError(
+                f"column {field.name!r}: cannot read {column.type} as {field.type}: {exc}"
+            ) from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

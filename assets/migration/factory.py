@@ -1,0 +1,172 @@
+"""Assets and checks for every registered table, built from the registry by one factory.
+
+Per table: source (observed) -> raw (as extracted) -> cleansed (rules, PII) ; per
+source system: analyst views in the warehouse over the cleansed tables.
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from assets.migration import checks
+from assets.migration.lake_io import DOMAIN
+from assets.migration.loads import dataset_name, load_cleansed, load_raw
+from assets.migration.registry import Grain, SourceSystem, TableSpec
+from assets.migration.status import record_status
+from assets.shared.conventions import domain_asset_args
+from resources.lake import LakePartition, LakeStorage
+from resources.profiles import sql_source
+from resources.sql_source import SqlSource
+
+RAW_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
+)
+
+
+def source_resource_key(source: SourceSystem) -> str:
+    return f"source_{source.name}"
+
+
+def table_key(source: SourceSystem, table: TableSpec, tier: str) -> dg.AssetKey:
+    return dg.AssetKey([DOMAIN, source.name, table.name, tier])
+
+
+def partitions_def(table: TableSpec) -> dg.PartitionsDefinition | None:
+    if table.partition_grain == Grain.DAY:
+        return dg.DailyPartitionsDefinition(start_date=table.partition_start.isoformat(), end_offset=1)
+    if table.partition_grain == Grain.MONTH:
+        return dg.MonthlyPartitionsDefinition(start_date=table.partition_start.isoformat(), end_offset=1)
+    return None
+
+
+def run_partitions(context: dg.AssetExecutionContext, table: TableSpec) -> list[LakePartition] | None:
+    if not table.partitioned:
+        return None
+    return [LakePartition.from_key(k[:10]) for k in context.partition_keys]
+
+
+def _tags(table: TableSpec) -> dict[str, str]:
+    return {"load_mode": table.load_mode.value, "table_kind": table.kind.value}
+
+
+def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.AssetsDefinition]:
+    resource_key = source_resource_key(source)
+    dataset = dataset_name(source.name, table.name)
+    parts = partitions_def(table)
+    common = domain_asset_args(DOMAIN)
+    common["tags"] = {**common["tags"], **_tags(table)}
+    raw_key, cleansed_key = table_key(source, table, "raw"), table_key(source, table, "cleansed")
+    source_key = table_key(source, table, "source")
+
+    @dg.observable_source_asset(
+        key=source_key,
+        description=f"{table.description} Source table {table.source_table} in {source.name} (observed).",
+        required_resource_keys={resource_key},
+        group_name=DOMAIN,
+        owners=[f"team:{DOMAIN}"],
+        tags=common["tags"],
+    )
+    def observe(context: dg.AssetExecutionContext) -> dg.ObserveResult:
+        db: SqlSource = getattr(context.resources, resource_key)
+        rows = db.table_row_count(table.source_table)
+        watermark = checks.source_max(db, table, table.watermark_column) if table.watermark_column else None
+        return dg.ObserveResult(
+            metadata={"row_count": rows, "max_watermark": str(watermark)},
+            data_version=dg.DataVersion(f"{rows}:{watermark}"),
+        )
+
+    check_specs = checks.raw_check_specs(raw_key, table)
+
+    @dg.asset(
+        key=raw_key,
+        deps=[source_key],
+        partitions_def=parts,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31) if parts else None,
+        description=f"{table.description} Raw tier: as extracted, load mode {table.load_mode.value}.",
+        required_resource_keys={resource_key, "lake", "warehouse"},
+        check_specs=check_specs,
+        kinds={"parquet", "sql"},
+        freshness_policy=RAW_FRESHNESS,
+        **common,
+    )
+    def raw(context: dg.AssetExecutionContext):
+        db: SqlSource = getattr(context.resources, resource_key)
+        lake: LakeStorage = context.resources.lake
+        partitions = run_partitions(context, table)
+        where = ", ".join(context.partition_keys) if parts else "all"
+        try:
+            result = load_raw(lake, db, table, dataset, partitions)
+        except Exception as exc:
+            record_status(
+                context.resources.warehouse, source.name, table.name, "raw", where, "failed", 0, exc
+            )
+            raise dg.Failure(
+                f"raw load of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}",
+                metadata={"table": table.name, "partitions": where},
+            ) from exc
+        record_status(
+            context.resources.warehouse, source.name, table.name, "raw", where, "loaded", result.total_rows
+        )
+        yield dg.MaterializeResult(
+            metadata={
+                "mode": result.mode,
+                "rows_written": result.total_rows,
+                "inserted": result.inserted,
+                "updated": result.updated,
+                "deleted": result.deleted,
+                "watermark": str(result.watermark),
+                "rows_by_partition": dg.MetadataValue.json(result.rows),
+            }
+        )
+        yield from checks.raw_checks(lake, db, table, dataset, partitions, raw_key)
+
+    @dg.asset(
+        key=cleansed_key,
+        deps=[raw_key],
+        partitions_def=parts,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=31) if parts else None,
+        description=f"{table.description} Cleansed tier: cleansing rules applied, PII protected"
+        + (", types restored." if table.kind.value == "mart" else "."),
+        required_resource_keys={resource_key, "lake", "warehouse"},
+        check_specs=checks.cleansed_check_specs(cleansed_key, table),
+        automation_condition=dg.AutomationCondition.eager(),
+        kinds={"parquet"},
+        **common,
+    )
+    def cleansed(context: dg.AssetExecutionContext):
+        lake: LakeStorage = context.resources.lake
+        partitions = run_partitions(context, table)
+        where = ", ".join(context.partition_keys) if parts else "all"
+        try:
+            result = load_cleansed(lake, table, dataset, partitions)
+        except Exception as exc:
+            record_status(
+                context.resources.warehouse, source.name, table.name, "cleansed", where, "failed", 0, exc
+            )
+            raise dg.Failure(
+                f"cleansing of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        rows = sum(result.rows.values())
+        record_status(context.resources.warehouse, source.name, table.name, "cleansed", where, "loaded", rows)
+        yield dg.MaterializeResult(
+            metadata={
+                "rows": rows,
+                "invalid_values": dg.MetadataValue.json(result.invalid),
+                "invalid_total": sum(result.invalid.values()),
+                "pii": dg.MetadataValue.json({k: v.value for k, v in table.pii.items()}),
+            }
+        )
+        db: SqlSource = getattr(context.resources, resource_key)
+        yield from checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key)
+
+    return [observe, raw, cleansed]
+
+
+def build_source_defs(source: SourceSystem) -> dg.Definitions:
+    assets: list = []
+    for table in source.tables:
+        assets.extend(build_table_assets(source, table))
+    return dg.Definitions(
+        assets=assets,
+        resources={source_resource_key(source): sql_source(source.url_env, source.local_url)},
+    )

@@ -1,0 +1,160 @@
+"""Streamed Parquet writing into the lake, one file per partition, and the per-table load state."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from assets.migration.registry import Grain
+from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DOMAIN = "migration"
+
+
+def partition_of(value: date, grain: Grain) -> LakePartition:
+    return LakePartition(value.replace(day=1) if grain == Grain.MONTH else value)
+
+
+@dataclass
+class PartitionWriter:
+    """Splits batches by partition value and streams each partition into its own file.
+
+    Files are written in the lake's scratch area and moved into place on commit,
+    each atomically, so a reader sees a partition's old file or its new one.
+    """
+
+    lake: LakeStorage
+    tier: Tier
+    dataset: str
+    schema: pa.Schema
+    filename: str
+    partition_column: str | None = None
+    grain: Grain = Grain.NONE
+    rows: dict[LakePartition | None, int] = field(default_factory=dict)
+    _writers: dict[LakePartition | None, tuple[Any, Path]] = field(default_factory=dict)
+
+    def _writer(self, partition: LakePartition | None) -> Any:
+        import pyarrow.parquet as pq
+
+        if partition not in self._writers:
+            path = self.lake.scratch_dir() / f"{uuid.uuid4().hex}.parquet"
+            self._writers[partition] = (
+                pq.ParquetWriter(path, self.schema, compression=PARQUET_COMPRESSION),
+                path,
+            )
+            self.rows[partition] = 0
+        return self._writers[partition][0]
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if batch.num_rows == 0:
+            return
+        if self.partition_column is None:
+            self._writer(None).write_batch(batch)
+            self.rows[None] += batch.num_rows
+            return
+        days = batch.column(self.partition_column).cast(pa.date32())
+        if days.null_count:
+            raise ValueError(
+                f"{self.dataset}: {days.null_count} rows have no {self.partition_column}, so no partition"
+            )
+        for day in pc.unique(days).to_pylist():
+            part = partition_of(day, self.grain)
+            chunk = batch.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            self._writer(part).write_batch(chunk)
+            self.rows[part] += chunk.num_rows
+
+    def ensure(self, partitions: list[LakePartition | None]) -> None:
+        """Partitions that must be written even if empty (an overwrite to nothing)."""
+        for partition in partitions:
+            self._writer(partition)
+
+    def commit(self) -> dict[LakePartition | None, str]:
+        from resources.lake.paths import object_key
+
+        keys = {}
+        for partition, (writer, path) in self._writers.items():
+            writer.close()
+            key = object_key(self.tier, DOMAIN, self.dataset, self.filename, partition)
+            self.lake.put_file(key, path)
+            keys[partition] = key
+        self._writers.clear()
+        return keys
+
+    def abort(self) -> None:
+        for writer, path in self._writers.values():
+            try:
+                writer.close()
+            finally:
+                path.unlink(missing_ok=True)
+        self._writers.clear()
+
+
+def read_partition_batches(
+    lake: LakeStorage, tier: Tier, dataset: str, partition: LakePartition | None, batch_rows: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """Stream every Parquet file of a partition (or of an unpartitioned dataset) from the lake."""
+    import pyarrow.parquet as pq
+
+    keys = lake.parquet_keys(tier, DOMAIN, dataset, partition)
+    if partition is None:  # an unpartitioned dataset's files sit directly under it
+        prefix = dataset_prefix(tier, DOMAIN, dataset)
+        keys = [k for k in keys if "/" not in k[len(prefix) :]]
+    for key in keys:
+        path = lake.scratch_dir() / f"read-{uuid.uuid4().hex}.parquet"
+        lake.get_file(key, path)
+        try:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def partition_schema(lake: LakeStorage, tier: Tier, dataset: str) -> pa.Schema | None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    keys = lake.parquet_keys(tier, DOMAIN, dataset)
+    if not keys:
+        return None
+    return pq.read_schema(io.BytesIO(lake.get_bytes(keys[0])))
+
+
+class LoadState:
+    """Watermarks per table and partition, kept beside the data as a hidden JSON object."""
+
+    def __init__(self, lake: LakeStorage, dataset: str):
+        self.lake = lake
+        self.key = dataset_prefix(Tier.RAW, DOMAIN, dataset) + "_state.json"
+        self.data: dict[str, Any] = json.loads(lake.get_bytes(self.key)) if lake.exists(self.key) else {}
+
+    def watermark(self, partition: LakePartition | None) -> Any:
+        """The highest watermark value loaded (int, date or datetime), or None before the first load."""
+        stored = self.data.get("watermarks", {}).get(_pkey(partition))
+        if stored is None:
+            return None
+        kind, value = stored
+        return {"datetime": datetime.fromisoformat, "date": date.fromisoformat}.get(kind, lambda v: v)(value)
+
+    def set_watermark(self, partition: LakePartition | None, value: Any) -> None:
+        kind = "datetime" if isinstance(value, datetime) else "date" if isinstance(value, date) else "value"
+        stored = value.isoformat() if kind != "value" else value
+        self.data.setdefault("watermarks", {})[_pkey(partition)] = [kind, stored]
+
+    def save(self) -> None:
+        self.lake.put_bytes(self.key, json.dumps(self.data, default=str, sort_keys=True).encode())
+
+
+def _pkey(partition: LakePartition | None) -> str:
+    return partition.dagster_key if partition else "all"

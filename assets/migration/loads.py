@@ -1,0 +1,300 @@
+"""The three load modes into the raw tier, and the cleansing pass into the processed tier.
+
+overwrite  re-extract the run's partitions (or the table) and replace each file atomically
+append     extract rows past each partition's watermark into a file named after that
+           watermark, so a crashed run re-writes the same file and a finished one finds nothing
+upsert     extract changed rows past the watermark and the source's current keys, then
+           merge: changed rows replace or add, keys gone from the source are deleted
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from assets.migration.extract import arrow_schema, conform, read_table
+from assets.migration.lake_io import DOMAIN, LoadState, PartitionWriter, read_partition_batches
+from assets.migration.registry import Grain, LoadMode, TableSpec
+from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.paths import PARQUET_COMPRESSION, object_key
+from resources.sql_source import SqlSource
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DATA_FILE = "data.parquet"
+
+
+@dataclass
+class RawLoad:
+    mode: str
+    rows: dict[str, int] = field(default_factory=dict)  # partition key ("all") -> rows written
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    watermark: Any = None
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+def dataset_name(source: str, table: str) -> str:
+    return f"{source}__{table}"
+
+
+def window(spec: TableSpec, partitions: list[LakePartition] | None) -> list[Any]:
+    """SQL predicates selecting the rows of the given (contiguous) partitions."""
+    import sqlalchemy as sa
+
+    if not partitions or not spec.partition_column:
+        return []
+    first, last = min(partitions).day, max(partitions).day
+    if spec.partition_grain == Grain.MONTH:
+        end = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
+    else:
+        end = last + timedelta(days=1)
+    column = sa.column(spec.partition_column)
+    return [column >= first, column < end]
+
+
+def _max(source: SqlSource, spec: TableSpec, column: str, where: list[Any]) -> Any:
+    import sqlalchemy as sa
+
+    schema, _, name = spec.source_table.rpartition(".")
+    stmt = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
+    for clause in where:
+        stmt = stmt.where(clause)
+    with source.engine().connect() as conn:
+        return conn.execute(stmt).scalar()
+
+
+def _reader(source: SqlSource, spec: TableSpec, where: list[Any]) -> Any:
+    split = spec.primary_key[0] if spec.parallel_reads > 1 and spec.primary_key else None
+    return read_table(
+        source,
+        spec.source_table,
+        where=where,
+        batch_rows=spec.fetch_size,
+        parallel=spec.parallel_reads,
+        split_column=split,
+    )
+
+
+def _token(value: Any) -> str:
+    if value is None:
+        return "start"
+    if isinstance(value, datetime):
+        return value.strftime("%Y%m%dT%H%M%S%f")
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    return "".join(ch if ch.isalnum() else "_" for ch in str(value))
+
+
+def load_raw(
+    lake: LakeStorage,
+    source: SqlSource,
+    spec: TableSpec,
+    dataset: str,
+    partitions: list[LakePartition] | None,
+) -> RawLoad:
+    if spec.load_mode == LoadMode.OVERWRITE:
+        return _overwrite(lake, source, spec, dataset, partitions)
+    if spec.load_mode == LoadMode.APPEND:
+        return _append(lake, source, spec, dataset, partitions)
+    return _upsert(lake, source, spec, dataset)
+
+
+def _write(writer: PartitionWriter, batches: Any, schema: pa.Schema) -> dict[LakePartition | None, str]:
+    try:
+        for batch in batches:
+            writer.write(conform(batch, schema))
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _overwrite(
+    lake: LakeStorage,
+    source: SqlSource,
+    spec: TableSpec,
+    dataset: str,
+    partitions: list[LakePartition] | None,
+) -> RawLoad:
+    schema = arrow_schema(source, spec.source_table)
+    writer = PartitionWriter(
+        lake, Tier.RAW, dataset, schema, DATA_FILE, spec.partition_column, spec.partition_grain
+    )
+    writer.ensure(list(partitions) if partitions else [None])  # an empty source partition empties ours
+    _write(writer, _reader(source, spec, window(spec, partitions)), schema)
+    return RawLoad("overwrite", rows={_key(p): n for p, n in writer.rows.items()})
+
+
+def _append(
+    lake: LakeStorage,
+    source: SqlSource,
+    spec: TableSpec,
+    dataset: str,
+    partitions: list[LakePartition] | None,
+) -> RawLoad:
+    import sqlalchemy as sa
+
+    assert spec.watermark_column
+    state = LoadState(lake, dataset)
+    targets: list[LakePartition | None] = list(partitions) if partitions else [None]
+    bounds = window(spec, partitions)
+    high = _max(source, spec, spec.watermark_column, bounds)
+    result = RawLoad("append", watermark=high)
+    if high is None:
+        return result  # nothing in the source for these partitions yet
+    schema = arrow_schema(source, spec.source_table)
+    column = sa.column(spec.watermark_column)
+    # Partitions that share a watermark are read together; usually that is all of them.
+    groups: dict[Any, list[LakePartition | None]] = {}
+    for partition in targets:
+        groups.setdefault(state.watermark(partition), []).append(partition)
+    for low, members in groups.items():
+        if low is not None and low >= high:
+            continue  # already loaded: a re-run is a no-op
+        where = window(spec, [p for p in members if p is not None]) if partitions else []
+        where += [column <= high] + ([column > low] if low is not None else [])
+        writer = PartitionWriter(
+            lake,
+            Tier.RAW,
+            dataset,
+            schema,
+            f"part-after-{_token(low)}.parquet",
+            spec.partition_column,
+            spec.partition_grain,
+        )
+        _write(writer, _reader(source, spec, where), schema)
+        result.rows.update({_key(p): n for p, n in writer.rows.items()})
+        for partition in members:
+            state.set_watermark(partition, high)
+        state.save()  # after the files: a crash in between re-writes the same files
+    return result
+
+
+def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str) -> RawLoad:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    assert spec.watermark_column
+    state = LoadState(lake, dataset)
+    schema = arrow_schema(source, spec.source_table)
+    low = state.watermark(None)
+    high = _max(source, spec, spec.watermark_column, [])
+    column = sa.column(spec.watermark_column)
+    where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
+    changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
+    key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
+    key_sql = f"SELECT {', '.join(spec.primary_key)} FROM {spec.source_table}"
+    from assets.migration.extract import stream
+
+    keys = pa.Table.from_batches(
+        [conform(b, key_schema) for b in stream(source, key_sql, 500_000)], schema=key_schema
+    )
+    old_key = object_key(Tier.RAW, DOMAIN, dataset, DATA_FILE)
+    old = schema.empty_table()
+    if lake.exists(old_key):
+        path = lake.scratch_dir() / f"old-{uuid.uuid4().hex}.parquet"
+        lake.get_file(old_key, path)
+        try:
+            old = pq.read_table(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    using = ", ".join(f'"{k}"' for k in spec.primary_key)
+    con = duckdb.connect()
+    try:
+        con.register("old", old)
+        con.register("changed", changed)
+        con.register("keys", keys)
+        con.execute(f"CREATE TEMP TABLE live AS SELECT * FROM changed SEMI JOIN keys USING ({using})")
+        counts = con.execute(
+            f"""SELECT
+                (SELECT count(*) FROM live ANTI JOIN old USING ({using})),
+                (SELECT count(*) FROM live SEMI JOIN old USING ({using})),
+                (SELECT count(*) FROM old ANTI JOIN keys USING ({using}))"""
+        ).fetchall()[0]
+        merged = con.sql(
+            f"""SELECT * FROM (SELECT * FROM old SEMI JOIN keys USING ({using}))
+                ANTI JOIN live USING ({using})
+                UNION ALL BY NAME SELECT * FROM live"""
+        ).to_arrow_table()
+    finally:
+        con.close()
+    assert counts is not None
+    merged = merged.select(schema.names).cast(schema)
+    writer = PartitionWriter(lake, Tier.RAW, dataset, schema, DATA_FILE)
+    writer.ensure([None])
+    _write(writer, merged.to_batches(max_chunksize=spec.fetch_size), schema)
+    if high is not None:
+        state.set_watermark(None, high)
+    state.save()
+    return RawLoad(
+        "upsert",
+        rows={"all": merged.num_rows},
+        inserted=counts[0],
+        updated=counts[1],
+        deleted=counts[2],
+        watermark=high,
+    )
+
+
+def _key(partition: LakePartition | None) -> str:
+    return partition.dagster_key if partition else "all"
+
+
+@dataclass
+class CleansedLoad:
+    rows: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)
+
+
+def load_cleansed(
+    lake: LakeStorage, spec: TableSpec, dataset: str, partitions: list[LakePartition] | None
+) -> CleansedLoad:
+    """Apply the table's cleansing rules and PII actions to raw partitions, one file per partition."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from assets.migration.cleansing import cleanse
+    from assets.migration.lake_io import partition_schema
+    from assets.migration.pii import protect
+
+    result = CleansedLoad()
+    raw_schema = partition_schema(lake, Tier.RAW, dataset)
+    if raw_schema is None:
+        raise FileNotFoundError(f"{dataset}: the raw tier is empty; materialize the raw asset first")
+
+    def transform(table: pa.Table) -> pa.Table:
+        cleansed = cleanse(table, spec)
+        for column, count in cleansed.invalid_counts.items():
+            result.invalid[column] = result.invalid.get(column, 0) + count
+        return protect(cleansed.table, spec.pii)
+
+    for partition in partitions or [None]:
+        path = lake.scratch_dir() / f"{uuid.uuid4().hex}.parquet"
+        writer = None
+        rows = 0
+        try:
+            for batch in read_partition_batches(lake, Tier.RAW, dataset, partition):
+                out = transform(pa.Table.from_batches([batch]))
+                writer = writer or pq.ParquetWriter(path, out.schema, compression=PARQUET_COMPRESSION)
+                writer.write_table(out)
+                rows += out.num_rows
+            if writer is None:  # an empty partition stays an empty file with the right schema
+                out = transform(raw_schema.empty_table())
+                writer = pq.ParquetWriter(path, out.schema, compression=PARQUET_COMPRESSION)
+            writer.close()
+            lake.put_file(object_key(Tier.PROCESSED, DOMAIN, dataset, DATA_FILE, partition), path)
+        finally:
+            path.unlink(missing_ok=True)
+        result.rows[_key(partition)] = rows
+    return result
