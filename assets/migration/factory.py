@@ -11,8 +11,11 @@ import dagster as dg
 from assets.migration import checks
 from assets.migration.lake_io import DOMAIN
 from assets.migration.loads import dataset_name, load_cleansed, load_raw
-from assets.migration.registry import Grain, SourceSystem, TableSpec
+from assets.migration.profile import histogram_png, markdown, numeric_columns, profile_table
+from assets.migration.publish import create_view, publish, view_name, warehouse_table
+from assets.migration.registry import Grain, SourceSystem, TableSpec, ViewSpec
 from assets.migration.status import record_status
+from assets.shared.automation import after_parent_updates
 from assets.shared.conventions import domain_asset_args
 from resources.lake import LakePartition, LakeStorage
 from resources.profiles import sql_source
@@ -58,19 +61,24 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
     raw_key, cleansed_key = table_key(source, table, "raw"), table_key(source, table, "cleansed")
     source_key = table_key(source, table, "source")
 
-    @dg.observable_source_asset(
-        key=source_key,
-        description=f"{table.description} Source table {table.source_table} in {source.name} (observed).",
+    @dg.multi_observable_source_asset(
+        name=f"{DOMAIN}__{source.name}__{table.name}__observe",
+        specs=[
+            dg.AssetSpec(
+                source_key,
+                description=f"{table.description} Source table {table.source_table} in {source.name} "
+                "(observed: row count and max watermark).",
+                **common,
+            )
+        ],
         required_resource_keys={resource_key},
-        group_name=DOMAIN,
-        owners=[f"team:{DOMAIN}"],
-        tags=common["tags"],
     )
-    def observe(context: dg.AssetExecutionContext) -> dg.ObserveResult:
+    def observe(context: dg.AssetExecutionContext):
         db: SqlSource = getattr(context.resources, resource_key)
         rows = db.table_row_count(table.source_table)
         watermark = checks.source_max(db, table, table.watermark_column) if table.watermark_column else None
-        return dg.ObserveResult(
+        yield dg.ObserveResult(
+            asset_key=source_key,
             metadata={"row_count": rows, "max_watermark": str(watermark)},
             data_version=dg.DataVersion(f"{rows}:{watermark}"),
         )
@@ -129,7 +137,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         + (", types restored." if table.kind.value == "mart" else "."),
         required_resource_keys={resource_key, "lake", "warehouse"},
         check_specs=checks.cleansed_check_specs(cleansed_key, table),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=after_parent_updates(),
         kinds={"parquet"},
         **common,
     )
@@ -147,10 +155,13 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
                 f"cleansing of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}"
             ) from exc
         rows = sum(result.rows.values())
+        published = publish(context.resources.warehouse, lake, source.name, table, dataset, partitions)
         record_status(context.resources.warehouse, source.name, table.name, "cleansed", where, "loaded", rows)
         yield dg.MaterializeResult(
             metadata={
                 "rows": rows,
+                "warehouse_table": warehouse_table(source.name, table.name),
+                "warehouse_rows_replaced": published,
                 "invalid_values": dg.MetadataValue.json(result.invalid),
                 "invalid_total": sum(result.invalid.values()),
                 "pii": dg.MetadataValue.json({k: v.value for k, v in table.pii.items()}),
@@ -159,13 +170,65 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         db: SqlSource = getattr(context.resources, resource_key)
         yield from checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key)
 
-    return [observe, raw, cleansed]
+    @dg.asset(
+        key=table_key(source, table, "profile"),
+        deps=[cleansed_key],
+        description=f"EDA profile of {source.name}.{table.name}: per column null rate, distinct count, "
+        "min, max and top values, with histograms of numeric columns.",
+        required_resource_keys={"warehouse"},
+        automation_condition=after_parent_updates(),
+        kinds={"duckdb"},
+        **common,
+    )
+    def profile(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        warehouse = context.resources.warehouse
+        target = warehouse_table(source.name, table.name)
+        total, columns = profile_table(warehouse, target)
+        by_name = {c.name: c for c in columns}
+        images = {
+            name: histogram_png(warehouse, target, name, by_name[name].min, by_name[name].max)
+            for name in numeric_columns(columns)[:4]
+        }
+        return dg.MaterializeResult(
+            metadata={
+                "rows": total,
+                "columns": len(columns),
+                "profile": dg.MetadataValue.md(markdown(total, columns, images)),
+                "null_rates": dg.MetadataValue.json({c.name: c.null_rate for c in columns}),
+            }
+        )
+
+    return [observe, raw, cleansed, profile]
+
+
+def build_view_asset(source: SourceSystem, view: ViewSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=[DOMAIN, source.name, "views", view.name],
+        deps=[table_key(source, source.table(t), "cleansed") for t in view.tables],
+        description=f"{view.description} Warehouse view {view_name(source.name, view.name)}.",
+        required_resource_keys={"warehouse"},
+        automation_condition=after_parent_updates(),
+        kinds={"duckdb", "sql"},
+        **domain_asset_args(DOMAIN),
+    )
+    def _view(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        rows = create_view(context.resources.warehouse, source, view)
+        return dg.MaterializeResult(
+            metadata={
+                "view": view_name(source.name, view.name),
+                "rows": rows,
+                "sql": dg.MetadataValue.md(f"```sql\n{view.sql}\n```"),
+            }
+        )
+
+    return _view
 
 
 def build_source_defs(source: SourceSystem) -> dg.Definitions:
     assets: list = []
     for table in source.tables:
         assets.extend(build_table_assets(source, table))
+    assets.extend(build_view_asset(source, view) for view in source.views)
     return dg.Definitions(
         assets=assets,
         resources={source_resource_key(source): sql_source(source.url_env, source.local_url)},

@@ -46,6 +46,16 @@ class Warehouse(dg.ConfigurableResource, ABC):
         Returns the number of rows loaded.
         """
 
+    def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
+        """Replace the rows matching a DuckDB-dialect predicate (a partition) with data.
+
+        This default deletes then appends; engines with transactions override it
+        so readers never see the partition empty.
+        """
+        if self.table_exists(table):
+            self.execute(f"DELETE FROM {table} WHERE {predicate}")
+        return self.load(table, data, "append")
+
     @abstractmethod
     def merge(
         self, table: str, data: pa.Table, keys: list[str], delete_column: str | None = None

@@ -117,6 +117,16 @@ class DuckDBWarehouse(Warehouse):
                 con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
         return data.num_rows
 
+    def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
+        target = quote_table(table)
+        with self._transaction() as con:  # one transaction: the partition is never seen empty
+            self._ensure_schema(con, table)
+            incoming = _register(con, data)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
+            con.execute(f"DELETE FROM {target} WHERE {predicate}")
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
+        return data.num_rows
+
     def merge(
         self, table: str, data: pa.Table, keys: list[str], delete_column: str | None = None
     ) -> dict[str, int]:
