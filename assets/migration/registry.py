@@ -71,10 +71,24 @@ class ColumnRule(_Strict):
 
     type: ColumnType | None = None
     formats: list[str] = Field(default_factory=list)  # strptime formats for date/timestamp
-    scale: int = 2  # decimal places for decimal
+    scale: int = Field(default=2, ge=0, le=18)  # decimal places (decimal128(18, scale))
     case: Literal["upper", "lower"] | None = None
     true_values: list[str] = Field(default_factory=lambda: ["Y", "1", "true", "T"])
     false_values: list[str] = Field(default_factory=lambda: ["N", "0", "false", "F"])
+
+
+class ErasureLink(_Strict):
+    """How a table's rows belong to a data subject (a customer), for erasure requests."""
+
+    column: str  # rows whose column holds one of the subject's ids are erased
+    lookup_table: str | None = None  # ids found in this table's rows of the subject (e.g. cards)
+    lookup_column: str | None = None  # ... in this column of it
+
+    @model_validator(mode="after")
+    def _pair(self) -> ErasureLink:
+        if (self.lookup_table is None) != (self.lookup_column is None):
+            raise ValueError("lookup_table and lookup_column go together")
+        return self
 
 
 class TableSpec(_Strict):
@@ -95,6 +109,7 @@ class TableSpec(_Strict):
     columns: dict[str, ColumnRule] = Field(default_factory=dict)
     pii: dict[str, PiiAction] = Field(default_factory=dict)
     join_keys: list[str] = Field(default_factory=list)
+    erasure: ErasureLink | None = None
 
     @field_validator("name")
     @classmethod
@@ -117,6 +132,10 @@ class TableSpec(_Strict):
             raise ValueError("load_mode upsert merges the whole table: leave it unpartitioned")
         if self.retention_days and self.partition_grain == Grain.NONE:
             raise ValueError("retention_days needs a partitioned table")
+        if self.kind == Kind.SOURCE:
+            typed = sorted(c for c, rule in self.columns.items() if rule.type is not None)
+            if typed:
+                raise ValueError(f"columns {typed}: a type is only restored for mart tables (kind: mart)")
         if self.kind == Kind.MART and not self.columns:
             raise ValueError("a mart table needs columns with their types (they arrive as strings)")
         if self.parallel_reads > 1 and not self.primary_key:
@@ -140,6 +159,7 @@ class SourceSystem(_Strict):
     description: str
     url_env: str  # environment variable with the production URL (secret)
     local_url: str  # the embedded default on this machine
+    subject_column: str | None = None  # the data subject's id column (erasure requests)
     tables: list[TableSpec]
     views: list[ViewSpec] = Field(default_factory=list)
 
@@ -148,6 +168,23 @@ class SourceSystem(_Strict):
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names: {sorted({n for n in names if names.count(n) > 1})}")
+        for table in self.tables:
+            link = table.erasure
+            if link and link.lookup_table:
+                if link.lookup_table not in names:
+                    raise ValueError(
+                        f"table {table.name!r}: erasure lookup_table {link.lookup_table!r} is unknown"
+                    )
+                target = self.table(link.lookup_table).erasure
+                if not target or target.lookup_table:
+                    raise ValueError(
+                        f"table {table.name!r}: erasure lookup_table {link.lookup_table!r} must itself"
+                        " hold the subject column directly"
+                    )
+            if link and not self.subject_column:
+                raise ValueError(
+                    f"table {table.name!r} declares erasure but the source has no subject_column"
+                )
         for view in self.views:
             missing = set(view.tables) - set(names)
             if missing:
