@@ -69,8 +69,8 @@ def test_source_table_non_string_columns_pass_through():
             "code": pa.array(["007", ""]),
         }
     )
-    # On a source table a ColumnRule's type is not applied: its columns arrive typed.
-    out = cleanse(table, spec(columns={"code": {"type": "int"}}))
+    # Source tables arrive typed: only string rules apply.
+    out = cleanse(table, spec())
     assert out.table.schema.types == [pa.int64(), pa.string(), pa.decimal128(12, 2), pa.date32(), pa.string()]
     assert out.table.column_names == ["id", "name", "amount", "day", "code"]
     assert out.table.column("id").equals(table.column("id"))
@@ -359,6 +359,11 @@ def test_declared_column_missing_from_table_is_named():
         cleanse(table, spec(Kind.MART, {"a": {"type": "int"}, "txn_count": {"type": "int"}}))
 
 
-def test_decimal_scale_beyond_precision_is_an_error():
-    with pytest.raises(CleansingError, match=r"t\.v: decimal scale"):
-        cleanse(pa.table({"v": ["1"]}), mart({"type": "decimal", "scale": 19}))
+def test_decimal_scale_beyond_precision_is_refused_by_the_registry():
+    with pytest.raises(ValueError, match="scale"):
+        mart({"type": "decimal", "scale": 19})
+
+
+def test_a_type_on_a_source_table_is_refused_by_the_registry():
+    with pytest.raises(ValueError, match="only restored for mart tables"):
+        spec(columns={"code": {"type": "int"}})
