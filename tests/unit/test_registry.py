@@ -38,12 +38,21 @@ def test_shipped_catalog_loads():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"load_mode": "merge"}, "table 't1': field load_mode: Input should be 'overwrite', 'append' or 'upsert'"),
-        ({"load_mode": "upsert"}, "table 't1': field (table): Value error, load_mode upsert needs primary_key"),
+        (
+            {"load_mode": "merge"},
+            "table 't1': field load_mode: Input should be 'overwrite', 'append' or 'upsert'",
+        ),
+        (
+            {"load_mode": "upsert"},
+            "table 't1': field (table): Value error, load_mode upsert needs primary_key",
+        ),
         ({"load_mode": "append"}, "needs watermark_column"),
         ({"partition_column": "d"}, "partition_column and partition_grain"),
         ({"partition_column": "d", "partition_grain": "day"}, "needs partition_start"),
-        ({"pii": {"rrn": "shred"}}, "table 't1': field pii.rrn: Input should be 'encrypt', 'hash' or 'purge'"),
+        (
+            {"pii": {"rrn": "shred"}},
+            "table 't1': field pii.rrn: Input should be 'encrypt', 'hash' or 'purge'",
+        ),
         ({"kind": "mart"}, "a mart table needs columns"),
         ({"retention_days": 0}, "field retention_days: Input should be greater than 0"),
         ({"fetchsize": 10}, "table 't1': field fetchsize: Extra inputs are not permitted"),
@@ -67,13 +76,20 @@ def test_views_must_read_known_tables(tmp_path):
 def test_not_yaml_is_named(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("tables: [unclosed")
-    with pytest.raises(RegistryError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(RegistryError, match=r"broken\.yaml: not valid YAML"):
         load_source(path)
 
 
 def test_adding_a_table_is_a_yaml_edit(tmp_path):
     doc = _with_table()
-    doc["tables"].append({"name": "t2", "description": "d", "source_table": "s.t2", "load_mode": "append",
-                          "watermark_column": "id"})
+    doc["tables"].append(
+        {
+            "name": "t2",
+            "description": "d",
+            "source_table": "s.t2",
+            "load_mode": "append",
+            "watermark_column": "id",
+        }
+    )
     [source] = load_registry(_write(tmp_path, doc).parent)
     assert [t.name for t in source.tables] == ["t1", "t2"]

@@ -3,7 +3,6 @@
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -40,17 +39,31 @@ def _lake_rows(lake, dataset: str, key: str) -> list[dict]:
 
 
 def test_overwrite_replaces_the_table(db, lake):
-    _exec(db, "CREATE TABLE merchants (merchant_id INT PRIMARY KEY, name VARCHAR(50), fee NUMERIC(5,2))",
-          insert="INSERT INTO merchants VALUES (:i, :n, :f)",
-          rows=[{"i": i, "n": f"상점 {i}", "f": Decimal(i) / 10} for i in range(1, 301)])
-    spec = TableSpec(name="merchants", description="m", source_table="merchants", load_mode="overwrite",
-                     primary_key=["merchant_id"], parallel_reads=3, fetch_size=50)
+    _exec(
+        db,
+        "CREATE TABLE merchants (merchant_id INT PRIMARY KEY, name VARCHAR(50), fee NUMERIC(5,2))",
+        insert="INSERT INTO merchants VALUES (:i, :n, :f)",
+        rows=[{"i": i, "n": f"상점 {i}", "f": Decimal(i) / 10} for i in range(1, 301)],
+    )
+    spec = TableSpec(
+        name="merchants",
+        description="m",
+        source_table="merchants",
+        load_mode="overwrite",
+        primary_key=["merchant_id"],
+        parallel_reads=3,
+        fetch_size=50,
+    )
     first = load_raw(lake, db, spec, "t__merchants", None)
     assert first.total_rows == 300
     assert _lake_rows(lake, "t__merchants", "merchant_id") == _source_rows(db, "merchants", "merchant_id")
 
-    _exec(db, "DELETE FROM merchants WHERE merchant_id <= 100", "UPDATE merchants SET name = 'changed' WHERE merchant_id = 150",
-          "INSERT INTO merchants VALUES (999, NULL, NULL)")
+    _exec(
+        db,
+        "DELETE FROM merchants WHERE merchant_id <= 100",
+        "UPDATE merchants SET name = 'changed' WHERE merchant_id = 150",
+        "INSERT INTO merchants VALUES (999, NULL, NULL)",
+    )
     second = load_raw(lake, db, spec, "t__merchants", None)
     assert second.total_rows == 201
     assert _lake_rows(lake, "t__merchants", "merchant_id") == _source_rows(db, "merchants", "merchant_id")
@@ -59,23 +72,44 @@ def test_overwrite_replaces_the_table(db, lake):
 
 def _txn_rows(start_id: int, day: date, n: int) -> list[dict]:
     return [
-        {"i": start_id + k, "d": day, "ts": datetime.combine(day, datetime.min.time()) + timedelta(minutes=k),
-         "a": Decimal(f"{k}.25")}
+        {
+            "i": start_id + k,
+            "d": day,
+            "ts": datetime.combine(day, datetime.min.time()) + timedelta(minutes=k),
+            "a": Decimal(f"{k}.25"),
+        }
         for k in range(n)
     ]
 
 
 def test_append_adds_only_rows_past_the_watermark(db, lake):
-    _exec(db, "CREATE TABLE txns (txn_id BIGINT PRIMARY KEY, txn_date DATE, txn_at TIMESTAMP, amount NUMERIC(12,2))",
-          insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)", rows=_txn_rows(1, DAY1, 50) + _txn_rows(51, DAY2, 70))
-    spec = TableSpec(name="txns", description="t", source_table="txns", load_mode="append", primary_key=["txn_id"],
-                     watermark_column="txn_id", partition_column="txn_date", partition_grain="day",
-                     partition_start=date(2026, 1, 1), parallel_reads=2)
+    _exec(
+        db,
+        "CREATE TABLE txns (txn_id BIGINT PRIMARY KEY, txn_date DATE, txn_at TIMESTAMP, amount NUMERIC(12,2))",
+        insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)",
+        rows=_txn_rows(1, DAY1, 50) + _txn_rows(51, DAY2, 70),
+    )
+    spec = TableSpec(
+        name="txns",
+        description="t",
+        source_table="txns",
+        load_mode="append",
+        primary_key=["txn_id"],
+        watermark_column="txn_id",
+        partition_column="txn_date",
+        partition_grain="day",
+        partition_start=date(2026, 1, 1),
+        parallel_reads=2,
+    )
     days = [LakePartition(DAY1), LakePartition(DAY2), LakePartition(DAY3)]  # one backfill run, three days
     first = load_raw(lake, db, spec, "t__txns", days)
     assert first.rows == {"2026-03-01": 50, "2026-03-02": 70}
 
-    _exec(db, insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)", rows=_txn_rows(121, DAY2, 5) + _txn_rows(126, DAY3, 9))
+    _exec(
+        db,
+        insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)",
+        rows=_txn_rows(121, DAY2, 5) + _txn_rows(126, DAY3, 9),
+    )
     second = load_raw(lake, db, spec, "t__txns", days)
     assert second.rows == {"2026-03-02": 5, "2026-03-03": 9}
     again = load_raw(lake, db, spec, "t__txns", days)
@@ -85,11 +119,22 @@ def test_append_adds_only_rows_past_the_watermark(db, lake):
 
 
 def test_append_crash_before_state_is_safe_to_rerun(db, lake):
-    _exec(db, "CREATE TABLE txns (txn_id BIGINT PRIMARY KEY, txn_date DATE, txn_at TIMESTAMP, amount NUMERIC(12,2))",
-          insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)", rows=_txn_rows(1, DAY1, 20))
-    spec = TableSpec(name="txns", description="t", source_table="txns", load_mode="append",
-                     watermark_column="txn_id", partition_column="txn_date", partition_grain="day",
-                     partition_start=date(2026, 1, 1))
+    _exec(
+        db,
+        "CREATE TABLE txns (txn_id BIGINT PRIMARY KEY, txn_date DATE, txn_at TIMESTAMP, amount NUMERIC(12,2))",
+        insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)",
+        rows=_txn_rows(1, DAY1, 20),
+    )
+    spec = TableSpec(
+        name="txns",
+        description="t",
+        source_table="txns",
+        load_mode="append",
+        watermark_column="txn_id",
+        partition_column="txn_date",
+        partition_grain="day",
+        partition_start=date(2026, 1, 1),
+    )
     load_raw(lake, db, spec, "t__txns", [LakePartition(DAY1)])
     lake.delete("raw/migration/t__txns/_state.json")  # as if the run died after writing its files
     _exec(db, insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)", rows=_txn_rows(21, DAY1, 3))
@@ -99,19 +144,32 @@ def test_append_crash_before_state_is_safe_to_rerun(db, lake):
 
 def test_upsert_merges_updates_inserts_and_deletes(db, lake):
     t0 = datetime(2026, 3, 1, 9, 0, 0)
-    _exec(db, "CREATE TABLE customers (customer_id BIGINT PRIMARY KEY, grade VARCHAR(10), updated_at TIMESTAMP)",
-          insert="INSERT INTO customers VALUES (:i, :g, :u)",
-          rows=[{"i": i, "g": "BASIC", "u": t0} for i in range(1, 201)])
-    spec = TableSpec(name="customers", description="c", source_table="customers", load_mode="upsert",
-                     primary_key=["customer_id"], watermark_column="updated_at", parallel_reads=2)
+    _exec(
+        db,
+        "CREATE TABLE customers (customer_id BIGINT PRIMARY KEY, grade VARCHAR(10), updated_at TIMESTAMP)",
+        insert="INSERT INTO customers VALUES (:i, :g, :u)",
+        rows=[{"i": i, "g": "BASIC", "u": t0} for i in range(1, 201)],
+    )
+    spec = TableSpec(
+        name="customers",
+        description="c",
+        source_table="customers",
+        load_mode="upsert",
+        primary_key=["customer_id"],
+        watermark_column="updated_at",
+        parallel_reads=2,
+    )
     first = load_raw(lake, db, spec, "t__customers", None)
     assert (first.inserted, first.updated, first.deleted) == (200, 0, 0)
 
     t1 = t0 + timedelta(days=1)
-    _exec(db, f"UPDATE customers SET grade = 'VIP', updated_at = '{t1:%Y-%m-%d %H:%M:%S}' WHERE customer_id <= 30",
-          "DELETE FROM customers WHERE customer_id > 190",
-          insert="INSERT INTO customers VALUES (:i, :g, :u)",
-          rows=[{"i": i, "g": "NEW", "u": t1} for i in range(1001, 1016)])
+    _exec(
+        db,
+        f"UPDATE customers SET grade = 'VIP', updated_at = '{t1:%Y-%m-%d %H:%M:%S}' WHERE customer_id <= 30",
+        "DELETE FROM customers WHERE customer_id > 190",
+        insert="INSERT INTO customers VALUES (:i, :g, :u)",
+        rows=[{"i": i, "g": "NEW", "u": t1} for i in range(1001, 1016)],
+    )
     second = load_raw(lake, db, spec, "t__customers", None)
     assert (second.inserted, second.updated, second.deleted) == (15, 30, 10)
     assert _lake_rows(lake, "t__customers", "customer_id") == _source_rows(db, "customers", "customer_id")
