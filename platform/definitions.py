@@ -16,7 +16,8 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from assets import lake_ops, migration  # noqa: E402
+from assets.lake_ops import definitions as lake_ops  # noqa: E402
+from assets.migration import definitions as migration  # noqa: E402
 from resources.profiles import build_resources  # noqa: E402
 
 DOMAINS = [lake_ops, migration]

@@ -1,8 +1,5 @@
-"""On-prem table migration: registry-driven loads from relational sources into the lake."""
+"""On-prem table migration: registry-driven loads from relational sources into the lake.
 
-import dagster as dg
-
-from assets.migration.factory import build_source_defs
-from assets.migration.registry import load_registry
-
-defs = dg.Definitions.merge(*(build_source_defs(source) for source in load_registry()))
+`definitions.py` builds the domain's Definitions from the registry; the other
+modules are plain functions, cheap to import on their own.
+"""
