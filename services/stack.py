@@ -60,7 +60,20 @@ def stack_env(profile: str, moto_port: int) -> dict[str, str]:
     )
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
+    env.setdefault("PLATFORM_PII_KEY", _local_pii_key(var))
     return env
+
+
+def _local_pii_key(var: Path) -> str:
+    """The local stack's PII key, made once and kept in var/secrets (mode 0600)."""
+    from assets.migration.pii import generate_key
+
+    path = var / "secrets" / "pii.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(generate_key())
+    return path.read_text().strip()
 
 
 def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
