@@ -65,9 +65,10 @@ DLT = textwrap.dedent(
     import sys, dlt
     from dlt.sources.sql_database import sql_table
     resource = sql_table(credentials="{URL}", table="{TABLE}", backend="connectorx", chunk_size=100_000)
-    pipeline = dlt.pipeline(pipeline_name="bench", destination=dlt.destinations.filesystem(bucket_url=sys.argv[1]),
+    destination = dlt.destinations.filesystem(bucket_url=sys.argv[1])
+    pipeline = dlt.pipeline(pipeline_name="bench", destination=destination,
                             dataset_name="raw", pipelines_dir=sys.argv[1] + "/.dlt")
-    info = pipeline.run(resource, loader_file_format="parquet")
+    pipeline.run(resource, loader_file_format="parquet")
     print(pipeline.last_trace.last_normalize_info.row_counts.get("{TABLE}"))
     """
 )

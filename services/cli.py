@@ -25,6 +25,23 @@ def main(argv: list[str] | None = None) -> int:
     p_feed.add_argument("--interval", type=float, default=30.0)
     p_feed.add_argument("--count", type=int, default=None, help="stop after this many files")
 
+    p_card = sub.add_parser("gen-card-db", help="generate the sample card-company source database")
+    p_card.add_argument(
+        "--url", default=None, help="SQLAlchemy URL (default: $ONPREM_CARD_DB_URL or local PostgreSQL)"
+    )
+    p_card.add_argument("--scale", type=int, default=100_000, help="card transactions to generate")
+    p_card.add_argument("--days", type=int, default=30, help="days of transactions")
+    p_card.add_argument(
+        "--end-date", default=None, help="last day of transactions, YYYY-MM-DD (default: yesterday)"
+    )
+    p_card.add_argument("--seed", type=int, default=42)
+    p_card.add_argument(
+        "--day2", action="store_true", help="apply the next day's changes to an existing database"
+    )
+    p_card.add_argument(
+        "--share", type=float, default=0.05, help="with --day2: share of customers added/updated"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "up":
         from services.stack import up
@@ -50,6 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         from services.demo_feed import run
 
         run(build_resources()["lake"], args.interval, args.count)
+        return 0
+    if args.command == "gen-card-db":
+        import json
+        import logging
+        import os
+        from datetime import date
+
+        from services.generators.card_db import DEFAULT_URL, apply_day2, generate
+
+        logging.basicConfig(
+            level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+        url = args.url or os.environ.get("ONPREM_CARD_DB_URL") or DEFAULT_URL
+        if args.day2:
+            result: dict = apply_day2(url, seed=args.seed, share=args.share, progress=True)
+        else:
+            end = date.fromisoformat(args.end_date) if args.end_date else None
+            result = generate(url, args.scale, days=args.days, end_date=end, seed=args.seed, progress=True)
+        print(json.dumps(result, indent=2))
         return 0
     parser.error(f"unknown command {args.command}")
     return 2

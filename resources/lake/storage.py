@@ -294,7 +294,9 @@ class S3Lake(LakeStorage):
         self.aws.client("s3").delete_object(Bucket=self._bucket(), Key=self._s3_key(key))
 
     def exists(self, key: str) -> bool:
-        listed = self.aws.client("s3").list_objects_v2(Bucket=self._bucket(), Prefix=self._s3_key(key), MaxKeys=1)
+        listed = self.aws.client("s3").list_objects_v2(
+            Bucket=self._bucket(), Prefix=self._s3_key(key), MaxKeys=1
+        )
         return any(o["Key"] == self._s3_key(key) for o in listed.get("Contents", []))
 
     def _objects(self, prefix: str, since: datetime | None) -> list[LakeObject]:
