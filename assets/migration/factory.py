@@ -15,12 +15,13 @@ from assets.migration.profile import histogram_png, markdown, numeric_columns, p
 from assets.migration.publish import create_view, publish, view_name, warehouse_table
 from assets.migration.registry import Grain, SourceSystem, TableSpec, ViewSpec
 from assets.migration.status import record_status
-from assets.shared.automation import after_parent_updates
+from assets.shared.automation import after_parent_updates, daily_at
 from assets.shared.conventions import domain_asset_args
 from resources.lake import LakePartition, LakeStorage
 from resources.profiles import sql_source
 from resources.sql_source import SqlSource
 
+LOAD_CRON = "0 2 * * *"  # nightly, after the on-prem batch window
 RAW_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
 )
@@ -93,6 +94,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         description=f"{table.description} Raw tier: as extracted, load mode {table.load_mode.value}.",
         required_resource_keys={resource_key, "lake", "warehouse"},
         check_specs=check_specs,
+        automation_condition=daily_at(LOAD_CRON),
         kinds={"parquet", "sql"},
         freshness_policy=RAW_FRESHNESS,
         **common,

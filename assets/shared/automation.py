@@ -15,3 +15,15 @@ def after_parent_updates() -> dg.AutomationCondition:
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("after parent updates")
+
+
+def daily_at(cron: str, lookback_days: int = 2) -> dg.AutomationCondition:
+    """Once per cron tick, for the partitions of the last `lookback_days` days (or the whole
+    asset when unpartitioned), so yesterday's partition is completed after midnight."""
+    from datetime import timedelta
+
+    return (
+        dg.AutomationCondition.in_latest_time_window(timedelta(days=lookback_days))
+        & dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"on {cron}")
