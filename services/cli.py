@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         "--share", type=float, default=0.05, help="with --day2: share of customers added/updated"
     )
 
+    p_erase = sub.add_parser("erase-customer", help="erase one customer from every tier and view of a source")
+    p_erase.add_argument("--source", required=True, help="source system name in the migration registry")
+    p_erase.add_argument("--id", required=True, help="the customer's id (the source's subject_column)")
+    p_erase.add_argument("--requested-by", required=True, help="who asked, for the audit log")
+
     args = parser.parse_args(argv)
     if args.command == "up":
         from services.stack import up
@@ -87,8 +92,33 @@ def main(argv: list[str] | None = None) -> int:
             result = generate(url, args.scale, days=args.days, end_date=end, seed=args.seed, progress=True)
         print(json.dumps(result, indent=2))
         return 0
+    if args.command == "erase-customer":
+        return _erase_customer(args.source, args.id, args.requested_by)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _erase_customer(source_name: str, subject: str, requested_by: str) -> int:
+    import pyarrow as pa
+
+    from assets.migration.erasure import erase_subject
+    from assets.migration.pii import hash_array
+    from assets.migration.registry import load_registry
+    from resources.profiles import build_resources
+
+    sources = {s.name: s for s in load_registry()}
+    if source_name not in sources:
+        print(f"dp: no source {source_name!r} in the registry; known: {sorted(sources)}", file=sys.stderr)
+        return 2
+    resources = build_resources()
+    subject_hash = hash_array(pa.array([str(subject)]))[0].as_py()
+    removals = erase_subject(
+        resources["lake"], resources["warehouse"], sources[source_name], subject, requested_by, subject_hash
+    )
+    for r in removals:
+        print(f"removed {r.rows} rows of {r.table} from {r.location}")
+    print(f"erased customer (hash {subject_hash[:12]}...) from {len(removals)} locations; audit recorded")
+    return 0
 
 
 if __name__ == "__main__":

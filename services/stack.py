@@ -124,6 +124,8 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
         print(f"stack: profile {profile}, state in {var}", flush=True)
         procs.append(("moto", start_moto(moto_port, var / "logs" / "moto.log")))
         _bootstrap_aws(lake_in_s3)
+        if os.environ.get("PLATFORM_DEMO_SOURCES", "1") != "0":
+            _ensure_demo_sources()
         dagster = Path(sys.executable).parent / "dagster"
         procs.append(
             (
@@ -179,6 +181,33 @@ def _bootstrap_aws(lake_in_s3: bool) -> None:
         )
     else:
         ensure_queue(aws, settings.landing_queue_name())
+
+
+DEMO_SCALE = 50_000
+
+
+def _ensure_demo_sources() -> None:
+    """Give each migration source its sample database on first start (the source stays as it is after)."""
+    import sqlalchemy as sa
+
+    from assets.migration.registry import load_registry
+    from services.generators.card_db import generate
+
+    for source in load_registry():
+        if source.name != "card_db":
+            continue
+        try:
+            engine = sa.create_engine(source.local_url)
+            with engine.connect() as conn:
+                if sa.inspect(conn).has_table("customers"):
+                    continue
+        except sa.exc.OperationalError:
+            pass  # the database does not exist yet: generate() creates it
+        print(f"stack: generating the sample {source.name} source ({DEMO_SCALE:,} transactions)", flush=True)
+        try:
+            generate(source.local_url, DEMO_SCALE, progress=False)
+        except Exception as exc:  # the rest of the platform still runs without it
+            print(f"stack: could not generate {source.name}: {exc}", flush=True)
 
 
 def down(timeout: float = 60.0) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from assets.migration.lake_io import DOMAIN, LoadState, read_partition_batches
-from assets.migration.loads import window
+from assets.migration.loads import each_partition, window
 from assets.migration.registry import LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.sql_source import SqlSource
@@ -21,7 +21,7 @@ def source_max(db: SqlSource, table: TableSpec, column: str) -> Any:
     import sqlalchemy as sa
 
     schema, _, name = table.source_table.rpartition(".")
-    stmt = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
+    stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
     with db.engine().connect() as conn:
         return conn.execute(stmt).scalar()
 
@@ -91,7 +91,7 @@ def raw_checks(
 
     state = LoadState(lake, dataset)
     mismatches, counts = {}, {}
-    for partition in partitions or [None]:
+    for partition in each_partition(partitions):
         where = window(table, [partition] if partition else None)
         if table.load_mode == LoadMode.APPEND and table.watermark_column:
             loaded = state.watermark(partition)
@@ -143,7 +143,7 @@ def _duplicate_keys(
 
     batches = [
         b.select(table.primary_key)
-        for p in partitions or [None]
+        for p in each_partition(partitions)
         for b in read_partition_batches(lake, Tier.RAW, dataset, p)
     ]
     if not batches:
@@ -176,7 +176,7 @@ def cleansed_checks(
     samples: set[str] = set()
     with db.engine().connect() as conn:
         for column in table.pii:
-            col = sa.column(column)
+            col: Any = sa.column(column)
             stmt = (
                 sa.select(col)
                 .distinct()
@@ -188,7 +188,7 @@ def cleansed_checks(
             samples |= {str(v).strip() for (v,) in conn.execute(stmt) if len(str(v).strip()) >= 4}
     needles = pa.array(sorted(samples), pa.string())
     found: dict[str, int] = {}
-    for partition in partitions or [None]:
+    for partition in each_partition(partitions):
         for batch in read_partition_batches(lake, Tier.PROCESSED, dataset, partition):
             for field, column in zip(batch.schema, batch.columns, strict=True):
                 if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):

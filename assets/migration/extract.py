@@ -85,7 +85,7 @@ def key_ranges(
     import sqlalchemy as sa
 
     schema, _, name = table.rpartition(".")
-    col = sa.column(column)
+    col: Any = sa.column(column)
     stmt = sa.select(sa.func.min(col), sa.func.max(col)).select_from(sa.table(name, schema=schema or None))
     for clause in where:
         stmt = stmt.where(clause)

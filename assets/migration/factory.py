@@ -36,6 +36,8 @@ def table_key(source: SourceSystem, table: TableSpec, tier: str) -> dg.AssetKey:
 
 
 def partitions_def(table: TableSpec) -> dg.PartitionsDefinition | None:
+    if table.partition_start is None:
+        return None  # the registry requires a start for every partitioned table
     if table.partition_grain == Grain.DAY:
         return dg.DailyPartitionsDefinition(start_date=table.partition_start.isoformat(), end_offset=1)
     if table.partition_grain == Grain.MONTH:

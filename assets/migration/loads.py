@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from assets.migration.extract import arrow_schema, conform, read_table
 from assets.migration.lake_io import DOMAIN, LoadState, PartitionWriter, read_partition_batches
 from assets.migration.registry import Grain, LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
-from resources.lake.paths import PARQUET_COMPRESSION, object_key
+from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix, object_key, parse_key
 from resources.sql_source import SqlSource
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def window(spec: TableSpec, partitions: list[LakePartition] | None) -> list[Any]
         end = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
     else:
         end = last + timedelta(days=1)
-    column = sa.column(spec.partition_column)
+    column: Any = sa.column(spec.partition_column)
     return [column >= first, column < end]
 
 
@@ -64,7 +64,7 @@ def _max(source: SqlSource, spec: TableSpec, column: str, where: list[Any]) -> A
     import sqlalchemy as sa
 
     schema, _, name = spec.source_table.rpartition(".")
-    stmt = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
+    stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
     for clause in where:
         stmt = stmt.where(clause)
     with source.engine().connect() as conn:
@@ -101,10 +101,28 @@ def load_raw(
     partitions: list[LakePartition] | None,
 ) -> RawLoad:
     if spec.load_mode == LoadMode.OVERWRITE:
-        return _overwrite(lake, source, spec, dataset, partitions)
-    if spec.load_mode == LoadMode.APPEND:
-        return _append(lake, source, spec, dataset, partitions)
-    return _upsert(lake, source, spec, dataset)
+        result = _overwrite(lake, source, spec, dataset, partitions)
+    elif spec.load_mode == LoadMode.APPEND:
+        result = _append(lake, source, spec, dataset, partitions)
+    else:
+        result = _upsert(lake, source, spec, dataset)
+    apply_retention(lake, spec, dataset)
+    return result
+
+
+def apply_retention(lake: LakeStorage, spec: TableSpec, dataset: str, today: date | None = None) -> list[str]:
+    """Delete partitions older than the table's retention from the raw and processed tiers."""
+    if not spec.retention_days:
+        return []
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=spec.retention_days)
+    removed = []
+    for tier in (Tier.RAW, Tier.PROCESSED):
+        for obj in lake.list_objects(dataset_prefix(tier, DOMAIN, dataset)):
+            partition = parse_key(obj.key).partition
+            if partition is not None and partition.day < cutoff:
+                lake.delete(obj.key)
+                removed.append(obj.key)
+    return removed
 
 
 def _write(writer: PartitionWriter, batches: Any, schema: pa.Schema) -> dict[LakePartition | None, str]:
@@ -151,7 +169,7 @@ def _append(
     if high is None:
         return result  # nothing in the source for these partitions yet
     schema = arrow_schema(source, spec.source_table)
-    column = sa.column(spec.watermark_column)
+    column: Any = sa.column(spec.watermark_column)
     # Partitions that share a watermark are read together; usually that is all of them.
     groups: dict[Any, list[LakePartition | None]] = {}
     for partition in targets:
@@ -189,7 +207,7 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     schema = arrow_schema(source, spec.source_table)
     low = state.watermark(None)
     high = _max(source, spec, spec.watermark_column, [])
-    column = sa.column(spec.watermark_column)
+    column: Any = sa.column(spec.watermark_column)
     where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
     changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
     key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
@@ -247,6 +265,11 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     )
 
 
+def each_partition(partitions: list[LakePartition] | None) -> list[LakePartition | None]:
+    """The run's partitions, or [None] for an unpartitioned table."""
+    return list(partitions) if partitions else [None]
+
+
 def _key(partition: LakePartition | None) -> str:
     return partition.dagster_key if partition else "all"
 
@@ -279,7 +302,7 @@ def load_cleansed(
             result.invalid[column] = result.invalid.get(column, 0) + count
         return protect(cleansed.table, spec.pii)
 
-    for partition in partitions or [None]:
+    for partition in each_partition(partitions):
         path = lake.scratch_dir() / f"{uuid.uuid4().hex}.parquet"
         writer = None
         rows = 0

@@ -22,8 +22,9 @@ def daily_at(cron: str, lookback_days: int = 2) -> dg.AutomationCondition:
     asset when unpartitioned), so yesterday's partition is completed after midnight."""
     from datetime import timedelta
 
+    ticked: dg.AutomationCondition = dg.AutomationCondition.cron_tick_passed(cron)
     return (
         dg.AutomationCondition.in_latest_time_window(timedelta(days=lookback_days))
-        & dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+        & ticked.since_last_handled()
         & ~dg.AutomationCondition.in_progress()
     ).with_label(f"on {cron}")

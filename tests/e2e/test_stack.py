@@ -65,7 +65,8 @@ def _children(pid: int) -> set[int]:
 def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
     var = tmp_path / "var"
     ui_port, moto_port = free_port(), free_port()
-    env = {**os.environ, "PLATFORM_VAR_DIR": str(var)}
+    # The sample source databases live on the machine's servers, not under var: leave them alone.
+    env = {**os.environ, "PLATFORM_VAR_DIR": str(var), "PLATFORM_DEMO_SOURCES": "0"}
     args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3"]
     log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

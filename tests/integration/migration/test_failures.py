@@ -38,8 +38,13 @@ def test_failed_load_is_reported_and_rerun_is_safe(pg_url, local_lake, tmp_path)
     raw = table_key(source, source.tables[0], "raw")
 
     # The source table is missing: the run fails and says which table, partition and why.
-    failed = dg.materialize(list(defs.assets), selection=[raw], resources=resources, partition_key="2026-02-01",
-                            raise_on_error=False)
+    failed = dg.materialize(
+        list(defs.assets),
+        selection=[raw],
+        resources=resources,
+        partition_key="2026-02-01",
+        raise_on_error=False,
+    )
     assert not failed.success
     [failure] = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     message = failure.step_failure_data.error.message
@@ -51,11 +56,17 @@ def test_failed_load_is_reported_and_rerun_is_safe(pg_url, local_lake, tmp_path)
     # Once the table exists the same partition loads, and the status says so.
     db = SqlSource(url=pg_url)
     with db.engine().begin() as conn:
-        conn.execute(sa.text("CREATE TABLE orders (order_id BIGINT PRIMARY KEY, order_date DATE, at TIMESTAMP)"))
-        conn.execute(sa.text("INSERT INTO orders VALUES (1, :d, :t), (2, :d, :t)"),
-                     {"d": date(2026, 2, 1), "t": datetime(2026, 2, 1, 10)})
+        conn.execute(
+            sa.text("CREATE TABLE orders (order_id BIGINT PRIMARY KEY, order_date DATE, at TIMESTAMP)")
+        )
+        conn.execute(
+            sa.text("INSERT INTO orders VALUES (1, :d, :t), (2, :d, :t)"),
+            {"d": date(2026, 2, 1), "t": datetime(2026, 2, 1, 10)},
+        )
     for _ in range(2):  # and a second run adds nothing
-        ok = dg.materialize(list(defs.assets), selection=[raw], resources=resources, partition_key="2026-02-01")
+        ok = dg.materialize(
+            list(defs.assets), selection=[raw], resources=resources, partition_key="2026-02-01"
+        )
         assert ok.success
         assert all(c.passed for c in ok.get_asset_check_evaluations())
     assert local_lake.read_parquet("raw", "migration", "shop__orders").num_rows == 2

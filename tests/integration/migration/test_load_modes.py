@@ -3,6 +3,7 @@
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -178,3 +179,40 @@ def test_upsert_merges_updates_inserts_and_deletes(db, lake):
     assert (third.inserted, third.updated, third.deleted) == (0, 0, 0)
     keys = [r["customer_id"] for r in _lake_rows(lake, "t__customers", "customer_id")]
     assert len(keys) == len(set(keys)) == 205
+
+
+def test_retention_removes_expired_partitions_from_raw_and_cleansed(db, lake):
+    from assets.migration.loads import apply_retention
+
+    today = datetime.now().date()
+    old, recent = today - timedelta(days=10), today - timedelta(days=1)
+    _exec(
+        db,
+        "CREATE TABLE txns (txn_id BIGINT PRIMARY KEY, txn_date DATE, txn_at TIMESTAMP, amount NUMERIC(12,2))",
+        insert="INSERT INTO txns VALUES (:i, :d, :ts, :a)",
+        rows=_txn_rows(1, old, 4) + _txn_rows(5, recent, 6),
+    )
+    spec = TableSpec(
+        name="txns",
+        description="t",
+        source_table="txns",
+        load_mode="overwrite",
+        retention_days=5,
+        partition_column="txn_date",
+        partition_grain="day",
+        partition_start=date(2026, 1, 1),
+    )
+    result = load_raw(lake, db, spec, "t__txns", [LakePartition(old), LakePartition(recent)])
+    assert result.rows == {old.isoformat(): 4, recent.isoformat(): 6}
+    # The load applied the retention: the expired day is gone from the raw tier.
+    assert lake.list_partitions(Tier.RAW, DOMAIN, "t__txns") == [LakePartition(recent)]
+
+    lake.write_parquet(
+        pa.table({"x": [1]}), Tier.PROCESSED, DOMAIN, "t__txns", LakePartition(old), "data.parquet"
+    )
+    lake.write_parquet(
+        pa.table({"x": [1]}), Tier.PROCESSED, DOMAIN, "t__txns", LakePartition(recent), "data.parquet"
+    )
+    removed = apply_retention(lake, spec, "t__txns")
+    assert removed == [f"processed/migration/t__txns/{LakePartition(old).path}/data.parquet"]
+    assert lake.list_partitions(Tier.PROCESSED, DOMAIN, "t__txns") == [LakePartition(recent)]

@@ -2,6 +2,7 @@
 initial load of every table through cleansed with every check passing, a second
 day of changes, PII protection, analyst views, profiles and erasure."""
 
+import os
 from datetime import date
 
 import dagster as dg
@@ -22,13 +23,15 @@ from resources.warehouse import DuckDBWarehouse
 from services.generators.card_db import apply_day2, generate
 
 END = date(2026, 3, 5)
+# Transactions in the generated source; MIGRATION_TEST_SCALE=1000000 runs the same test at 1M rows.
+SCALE = int(os.environ.get("MIGRATION_TEST_SCALE", "20000"))
 FIRST = "2026-03-01"
 
 
 @pytest.fixture
 def env(pg_url, local_lake, tmp_path, monkeypatch):
     monkeypatch.setenv("PLATFORM_PII_KEY", generate_key())
-    generate(pg_url, scale=20_000, days=5, end_date=END, seed=7, progress=False)
+    generate(pg_url, scale=SCALE, days=5, end_date=END, seed=7, progress=False)
     source = load_registry()[0].model_copy(update={"local_url": pg_url})
     defs = build_source_defs(source)
     resources = {
