@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from assets.migration.extract import arrow_schema, conform, read_table
+from assets.migration.extract import arrow_schema, conform, read_table, stream
 from assets.migration.lake_io import DOMAIN, LoadState, PartitionWriter, read_partition_batches
 from assets.migration.registry import Grain, LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
@@ -211,8 +211,11 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
     changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
     key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
-    key_sql = f"SELECT {', '.join(spec.primary_key)} FROM {spec.source_table}"
-    from assets.migration.extract import stream
+    table_schema, _, table_name = spec.source_table.rpartition(".")
+    key_select: Any = sa.select(*[sa.column(k) for k in spec.primary_key]).select_from(
+        sa.table(table_name, schema=table_schema or None)
+    )
+    key_sql = str(key_select.compile(dialect=source.engine().dialect))
 
     keys = pa.Table.from_batches(
         [conform(b, key_schema) for b in stream(source, key_sql, 500_000)], schema=key_schema
