@@ -32,7 +32,8 @@ def source_resource_key(source: SourceSystem) -> str:
 
 
 def table_key(source: SourceSystem, table: TableSpec, tier: str) -> dg.AssetKey:
-    return dg.AssetKey([DOMAIN, source.name, table.name, tier])
+    # Tier before table: the catalog folds migration/<source>/<tier>/ and the graph labels nodes by table.
+    return dg.AssetKey([DOMAIN, source.name, tier, table.name])
 
 
 def partitions_def(table: TableSpec) -> dg.PartitionsDefinition | None:
