@@ -1,6 +1,6 @@
 """Screenshot a page of the running Dagster UI with headless Chromium (Debian's `chromium`).
 
-    uv run python scripts/screenshot.py [URL] [OUT.png]
+    uv run python scripts/screenshot.py [URL] [OUT.png] [TEXT-TO-CLICK]
 
 Drives Chromium over the DevTools protocol: dismisses the UI's first-visit
 dialog, waits for the page to settle, and saves a PNG.
@@ -34,7 +34,7 @@ FLAGS = [
 DISMISS = "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Skip')?.click()"
 
 
-def screenshot(url: str, out: str, settle_seconds: float = 12.0) -> None:
+def screenshot(url: str, out: str, click: str | None = None, settle_seconds: float = 12.0) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("chromium is not installed: apt-get install -y chromium")
@@ -82,6 +82,14 @@ def screenshot(url: str, out: str, settle_seconds: float = 12.0) -> None:
                 while time.monotonic() < deadline:
                     call("Runtime.evaluate", expression=DISMISS)
                     time.sleep(1)
+                if click:  # e.g. open a metadata entry before the shot
+                    target = json.dumps(click)
+                    call(
+                        "Runtime.evaluate",
+                        expression=f"[...document.querySelectorAll('*')]"
+                        f".find(e => e.children.length === 0 && e.textContent.trim() === {target})?.click()",
+                    )
+                    time.sleep(3)
                 data = call("Page.captureScreenshot", format="png")["data"]
             with open(out, "wb") as fh:
                 fh.write(base64.b64decode(data))
@@ -95,4 +103,5 @@ if __name__ == "__main__":
     screenshot(
         sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3000/asset-groups",
         sys.argv[2] if len(sys.argv) > 2 else "docs/asset-graph.png",
+        sys.argv[3] if len(sys.argv) > 3 else None,
     )

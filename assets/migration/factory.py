@@ -190,9 +190,11 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         target = warehouse_table(source.name, table.name)
         total, columns = profile_table(warehouse, target)
         by_name = {c.name: c for c in columns}
+        keys = set(table.primary_key) | set(table.join_keys)
         images = {
             name: histogram_png(warehouse, target, name, by_name[name].min, by_name[name].max)
-            for name in numeric_columns(columns)[:4]
+            # Keys are identifiers, not measures: their histogram says nothing.
+            for name in [c for c in numeric_columns(columns) if c not in keys][:4]
         }
         return dg.MaterializeResult(
             metadata={
