@@ -17,15 +17,6 @@ from resources.sql_source import SqlSource
 PII_SAMPLE = 2000
 
 
-def source_max(db: SqlSource, table: TableSpec, column: str) -> Any:
-    import sqlalchemy as sa
-
-    schema, _, name = table.source_table.rpartition(".")
-    stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
-    with db.engine().connect() as conn:
-        return conn.execute(stmt).scalar()
-
-
 def _source_count(db: SqlSource, table: TableSpec, where: list[Any]) -> int:
     import sqlalchemy as sa
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from assets.migration.lake_io import DOMAIN
+from assets.migration.lake_io import DOMAIN, read_parquet_object
 from assets.migration.loads import dataset_name
 from assets.migration.publish import warehouse_table
 from assets.migration.registry import SourceSystem, TableSpec
@@ -50,7 +50,6 @@ def _files(lake: LakeStorage, tier: Tier, dataset: str) -> list[str]:
 def _subject_ids(lake: LakeStorage, source: SourceSystem, table: TableSpec, subject: Any) -> list[Any]:
     """The ids that tie the table's rows to the subject (looked up in the raw tier)."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     link = table.erasure
     assert link is not None
@@ -60,12 +59,7 @@ def _subject_ids(lake: LakeStorage, source: SourceSystem, table: TableSpec, subj
     assert lookup.erasure and link.lookup_column
     ids: set[Any] = set()
     for key in _files(lake, Tier.RAW, dataset_name(source.name, lookup.name)):
-        path = lake.scratch_dir() / f"erase-{uuid.uuid4().hex}.parquet"
-        lake.get_file(key, path)
-        try:
-            data = pq.read_table(path, columns=[lookup.erasure.column, link.lookup_column])
-        finally:
-            path.unlink(missing_ok=True)
+        data = read_parquet_object(lake, key, columns=[lookup.erasure.column, link.lookup_column])
         mine = data.filter(_matches(data.column(lookup.erasure.column), [subject]))
         ids |= set(pc.unique(mine.column(link.lookup_column)).to_pylist())
     return sorted(ids)
@@ -79,12 +73,7 @@ def _erase_files(lake: LakeStorage, table: TableSpec, dataset: str, ids: list[An
     removals = []
     for tier in TIERS:
         for key in _files(lake, tier, dataset):
-            path = lake.scratch_dir() / f"erase-{uuid.uuid4().hex}.parquet"
-            lake.get_file(key, path)
-            try:
-                data = pq.read_table(path)
-            finally:
-                path.unlink(missing_ok=True)
+            data = read_parquet_object(lake, key)
             if table.erasure.column not in data.column_names:
                 continue
             hit = _matches(data.column(table.erasure.column), ids)

@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets.migration import checks
 from assets.migration.lake_io import DOMAIN
-from assets.migration.loads import dataset_name, load_cleansed, load_raw
+from assets.migration.loads import dataset_name, load_cleansed, load_raw, source_max
 from assets.migration.profile import histogram_png, markdown, numeric_columns, profile_table
 from assets.migration.publish import create_view, publish, view_name, warehouse_table
 from assets.migration.registry import Grain, SourceSystem, TableSpec, ViewSpec
@@ -80,7 +80,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
     def observe(context: dg.AssetExecutionContext):
         db: SqlSource = getattr(context.resources, resource_key)
         rows = db.table_row_count(table.source_table)
-        watermark = checks.source_max(db, table, table.watermark_column) if table.watermark_column else None
+        watermark = source_max(db, table, table.watermark_column) if table.watermark_column else None
         yield dg.ObserveResult(
             asset_key=source_key,
             metadata={"row_count": rows, "max_watermark": str(watermark)},

@@ -120,6 +120,18 @@ def read_partition_batches(
             path.unlink(missing_ok=True)
 
 
+def read_parquet_object(lake: LakeStorage, key: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet object of the lake as a table (through a local copy, for S3)."""
+    import pyarrow.parquet as pq
+
+    path = lake.scratch_dir() / f"read-{uuid.uuid4().hex}.parquet"
+    lake.get_file(key, path)
+    try:
+        return pq.read_table(path, columns=columns)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def partition_schema(lake: LakeStorage, tier: Tier, dataset: str) -> pa.Schema | None:
     import io
 

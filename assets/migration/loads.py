@@ -15,7 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from assets.migration.extract import arrow_schema, conform, read_table, stream
-from assets.migration.lake_io import DOMAIN, LoadState, PartitionWriter, read_partition_batches
+from assets.migration.lake_io import (
+    DOMAIN,
+    LoadState,
+    PartitionWriter,
+    read_parquet_object,
+    read_partition_batches,
+)
 from assets.migration.registry import Grain, LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix, object_key, parse_key
@@ -60,12 +66,13 @@ def window(spec: TableSpec, partitions: list[LakePartition] | None) -> list[Any]
     return [column >= first, column < end]
 
 
-def _max(source: SqlSource, spec: TableSpec, column: str, where: list[Any]) -> Any:
+def source_max(source: SqlSource, spec: TableSpec, column: str, where: list[Any] | None = None) -> Any:
+    """max(column) in the source table, over the rows matching where."""
     import sqlalchemy as sa
 
     schema, _, name = spec.source_table.rpartition(".")
     stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
-    for clause in where:
+    for clause in where or []:
         stmt = stmt.where(clause)
     with source.engine().connect() as conn:
         return conn.execute(stmt).scalar()
@@ -164,7 +171,7 @@ def _append(
     state = LoadState(lake, dataset)
     targets: list[LakePartition | None] = list(partitions) if partitions else [None]
     bounds = window(spec, partitions)
-    high = _max(source, spec, spec.watermark_column, bounds)
+    high = source_max(source, spec, spec.watermark_column, bounds)
     result = RawLoad("append", watermark=high)
     if high is None:
         return result  # nothing in the source for these partitions yet
@@ -199,14 +206,13 @@ def _append(
 def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str) -> RawLoad:
     import duckdb
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import sqlalchemy as sa
 
     assert spec.watermark_column
     state = LoadState(lake, dataset)
     schema = arrow_schema(source, spec.source_table)
     low = state.watermark(None)
-    high = _max(source, spec, spec.watermark_column, [])
+    high = source_max(source, spec, spec.watermark_column)
     column: Any = sa.column(spec.watermark_column)
     where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
     changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
@@ -221,14 +227,7 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
         [conform(b, key_schema) for b in stream(source, key_sql, 500_000)], schema=key_schema
     )
     old_key = object_key(Tier.RAW, DOMAIN, dataset, DATA_FILE)
-    old = schema.empty_table()
-    if lake.exists(old_key):
-        path = lake.scratch_dir() / f"old-{uuid.uuid4().hex}.parquet"
-        lake.get_file(old_key, path)
-        try:
-            old = pq.read_table(path)
-        finally:
-            path.unlink(missing_ok=True)
+    old = read_parquet_object(lake, old_key) if lake.exists(old_key) else schema.empty_table()
 
     using = ", ".join(f'"{k}"' for k in spec.primary_key)
     con = duckdb.connect()
