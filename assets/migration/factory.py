@@ -188,13 +188,13 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
     def profile(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warehouse = context.resources.warehouse
         target = warehouse_table(source.name, table.name)
-        total, columns = profile_table(warehouse, target)
+        # Keys and PII are identifiers: counts only, no values, no histograms.
+        withhold = set(table.primary_key) | set(table.join_keys) | set(table.pii)
+        total, columns = profile_table(warehouse, target, withhold)
         by_name = {c.name: c for c in columns}
-        keys = set(table.primary_key) | set(table.join_keys)
         images = {
             name: histogram_png(warehouse, target, name, by_name[name].min, by_name[name].max)
-            # Keys are identifiers, not measures: their histogram says nothing.
-            for name in [c for c in numeric_columns(columns) if c not in keys][:4]
+            for name in numeric_columns(columns)[:4]
         }
         return dg.MaterializeResult(
             metadata={

@@ -28,7 +28,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def profile_table(warehouse: Warehouse, table: str) -> tuple[int, list[ColumnProfile]]:
+def profile_table(
+    warehouse: Warehouse, table: str, withhold: set[str] | frozenset[str] = frozenset()
+) -> tuple[int, list[ColumnProfile]]:
+    """Column statistics; `withhold` columns (keys, PII) get counts only, so no identifier
+    ends up in Dagster's event log, from which an erasure could not remove it."""
     import pyarrow as pa
 
     sample = warehouse.query(f"SELECT * FROM {table} LIMIT 0")
@@ -36,16 +40,20 @@ def profile_table(warehouse: Warehouse, table: str) -> tuple[int, list[ColumnPro
     for i, f in enumerate(sample.schema):
         c = _q(f.name)
         selects += [f"count({c}) AS nn_{i}", f"count(DISTINCT {c}) AS d_{i}"]
-        if not (pa.types.is_boolean(f.type) or pa.types.is_binary(f.type)):
+        if f.name not in withhold and not (pa.types.is_boolean(f.type) or pa.types.is_binary(f.type)):
             selects += [f"min({c}) AS mn_{i}", f"max({c}) AS mx_{i}"]
     stats = warehouse.query(f"SELECT {', '.join(selects)} FROM {table}").to_pylist()[0]
     total = int(stats["n"])
     profiles = []
     for i, f in enumerate(sample.schema):
-        top = warehouse.query(
-            f"SELECT {_q(f.name)} AS v, count(*) AS c FROM {table} WHERE {_q(f.name)} IS NOT NULL "
-            f"GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_VALUES}"
-        ).to_pylist()
+        top = (
+            []
+            if f.name in withhold
+            else warehouse.query(
+                f"SELECT {_q(f.name)} AS v, count(*) AS c FROM {table} WHERE {_q(f.name)} IS NOT NULL "
+                f"GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_VALUES}"
+            ).to_pylist()
+        )
         profiles.append(
             ColumnProfile(
                 name=f.name,
@@ -61,8 +69,9 @@ def profile_table(warehouse: Warehouse, table: str) -> tuple[int, list[ColumnPro
 
 
 def numeric_columns(profiles: list[ColumnProfile]) -> list[str]:
+    """Numeric columns with a range to draw (withheld columns have none)."""
     numeric = ("int", "decimal", "double", "float")
-    return [p.name for p in profiles if p.type.startswith(numeric) and p.distinct > 1]
+    return [p.name for p in profiles if p.type.startswith(numeric) and p.min is not None and p.min != p.max]
 
 
 def histogram_png(warehouse: Warehouse, table: str, column: str, low: Any, high: Any) -> bytes:
