@@ -18,5 +18,7 @@ lint:
 down:
 	uv run dp down
 
-bench:
+bench:                  ## benchmarks, with the peers they compare against
+	uv sync --group bench
 	uv run python benchmarks/code_location_load.py
+	uv run python benchmarks/extract_postgres.py
