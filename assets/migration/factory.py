@@ -52,6 +52,12 @@ def run_partitions(context: dg.AssetExecutionContext, table: TableSpec) -> list[
     return [LakePartition.from_key(k[:10]) for k in context.partition_keys]
 
 
+def partition_label(context: dg.AssetExecutionContext) -> str:
+    """'2026-03-01' for one partition, '2026-03-01...2026-03-31' for a backfill range."""
+    keys = context.partition_keys
+    return keys[0] if len(keys) == 1 else f"{keys[0]}...{keys[-1]}"
+
+
 def _tags(table: TableSpec) -> dict[str, str]:
     return {"load_mode": table.load_mode.value, "table_kind": table.kind.value}
 
@@ -106,7 +112,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         db: SqlSource = getattr(context.resources, resource_key)
         lake: LakeStorage = context.resources.lake
         partitions = run_partitions(context, table)
-        where = ", ".join(context.partition_keys) if parts else "all"
+        where = partition_label(context) if parts else "all"
         try:
             result = load_raw(lake, db, table, dataset, partitions)
         except Exception as exc:
@@ -149,7 +155,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
     def cleansed(context: dg.AssetExecutionContext):
         lake: LakeStorage = context.resources.lake
         partitions = run_partitions(context, table)
-        where = ", ".join(context.partition_keys) if parts else "all"
+        where = partition_label(context) if parts else "all"
         try:
             result = load_cleansed(lake, table, dataset, partitions)
         except Exception as exc:
