@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p_card = sub.add_parser("gen-card-db", help="generate the sample card-company source database")
     p_card.add_argument(
-        "--url", default=None, help="SQLAlchemy URL (default: $ONPREM_CARD_DB_URL or local PostgreSQL)"
+        "--url",
+        default=None,
+        help="SQLAlchemy URL (default: the registry's url_env, $ONPREM_CARD_DB_URL, or its local_url)",
     )
     p_card.add_argument("--scale", type=int, default=100_000, help="card transactions to generate")
     p_card.add_argument("--days", type=int, default=30, help="days of transactions")
@@ -79,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         import os
         from datetime import date
 
-        from services.generators.card_db import DEFAULT_URL, apply_day2, generate
+        from assets.migration.registry import load_registry
+        from services.generators.card_db import apply_day2, generate
 
         logging.basicConfig(
             level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
-        url = args.url or os.environ.get("ONPREM_CARD_DB_URL") or DEFAULT_URL
+        # The registry names the source's URL variable and its local default.
+        card_db = next(s for s in load_registry() if s.name == "card_db")
+        url = args.url or os.environ.get(card_db.url_env) or card_db.local_url
         if args.day2:
             result: dict = apply_day2(url, seed=args.seed, share=args.share, progress=True)
         else:

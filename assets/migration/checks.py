@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.migration.extract import table_ref
 from assets.migration.lake_io import DOMAIN, LoadState, read_partition_batches
 from assets.migration.loads import each_partition, window
 from assets.migration.registry import LoadMode, TableSpec
@@ -20,8 +21,7 @@ PII_SAMPLE = 2000
 def _source_count(db: SqlSource, table: TableSpec, where: list[Any]) -> int:
     import sqlalchemy as sa
 
-    schema, _, name = table.source_table.rpartition(".")
-    stmt = sa.select(sa.func.count()).select_from(sa.table(name, schema=schema or None))
+    stmt = sa.select(sa.func.count()).select_from(table_ref(table.source_table))
     for clause in where:
         stmt = stmt.where(clause)
     with db.engine().connect() as conn:
@@ -163,7 +163,6 @@ def cleansed_checks(
     import pyarrow.compute as pc
     import sqlalchemy as sa
 
-    schema, _, name = table.source_table.rpartition(".")
     samples: set[str] = set()
     with db.engine().connect() as conn:
         for column in table.pii:
@@ -171,7 +170,7 @@ def cleansed_checks(
             stmt = (
                 sa.select(col)
                 .distinct()
-                .select_from(sa.table(name, schema=schema or None))
+                .select_from(table_ref(table.source_table))
                 .where(col.is_not(None))
                 .limit(PII_SAMPLE)
             )

@@ -21,12 +21,19 @@ if TYPE_CHECKING:
 _DONE = object()
 
 
+def table_ref(table: str) -> Any:
+    """A SQLAlchemy reference to a registry table name ('table' or 'schema.table')."""
+    import sqlalchemy as sa
+
+    schema, _, name = table.rpartition(".")
+    return sa.table(name, schema=schema or None)
+
+
 def select_sql(source: SqlSource, table: str, where: Sequence[Any] = ()) -> str:
     """SELECT * FROM table WHERE ..., rendered for the source's dialect with literal values."""
     import sqlalchemy as sa
 
-    schema, _, name = table.rpartition(".")
-    stmt = sa.select(sa.text("*")).select_from(sa.table(name, schema=schema or None))
+    stmt = sa.select(sa.text("*")).select_from(table_ref(table))
     for clause in where:
         stmt = stmt.where(clause)
     return str(stmt.compile(dialect=source.engine().dialect, compile_kwargs={"literal_binds": True}))
@@ -84,9 +91,8 @@ def key_ranges(
     """Range predicates splitting table on an integer column into `parts` (at least one)."""
     import sqlalchemy as sa
 
-    schema, _, name = table.rpartition(".")
     col: Any = sa.column(column)
-    stmt = sa.select(sa.func.min(col), sa.func.max(col)).select_from(sa.table(name, schema=schema or None))
+    stmt = sa.select(sa.func.min(col), sa.func.max(col)).select_from(table_ref(table))
     for clause in where:
         stmt = stmt.where(clause)
     with source.engine().connect() as conn:
@@ -162,8 +168,8 @@ def arrow_schema(source: SqlSource, table: str) -> pa.Schema:
     import pyarrow as pa
     import sqlalchemy as sa
 
-    schema, _, name = table.rpartition(".")
-    columns = sa.inspect(source.engine()).get_columns(name, schema=schema or None)
+    ref = table_ref(table)
+    columns = sa.inspect(source.engine()).get_columns(ref.name, schema=ref.schema)
     if not columns:
         raise LookupError(f"table {table!r} not found in {source.safe_url()}")
     return pa.schema([pa.field(c["name"], _arrow_type(c["type"])) for c in columns])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from assets.migration.extract import arrow_schema, conform, read_table, stream
+from assets.migration.extract import arrow_schema, conform, read_table, stream, table_ref
 from assets.migration.lake_io import (
     DOMAIN,
     LoadState,
@@ -57,21 +57,23 @@ def window(spec: TableSpec, partitions: list[LakePartition] | None) -> list[Any]
 
     if not partitions or not spec.partition_column:
         return []
-    first, last = min(partitions).day, max(partitions).day
-    if spec.partition_grain == Grain.MONTH:
-        end = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
-    else:
-        end = last + timedelta(days=1)
     column: Any = sa.column(spec.partition_column)
-    return [column >= first, column < end]
+    return [column >= min(partitions).day, column < partition_end(spec, max(partitions))]
+
+
+def partition_end(spec: TableSpec, partition: LakePartition) -> date:
+    """The first day after the partition (a day, or a month for monthly tables)."""
+    start = partition.day
+    if spec.partition_grain == Grain.MONTH:
+        return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return start + timedelta(days=1)
 
 
 def source_max(source: SqlSource, spec: TableSpec, column: str, where: list[Any] | None = None) -> Any:
     """max(column) in the source table, over the rows matching where."""
     import sqlalchemy as sa
 
-    schema, _, name = spec.source_table.rpartition(".")
-    stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(sa.table(name, schema=schema or None))
+    stmt: Any = sa.select(sa.func.max(sa.column(column))).select_from(table_ref(spec.source_table))
     for clause in where or []:
         stmt = stmt.where(clause)
     with source.engine().connect() as conn:
@@ -217,9 +219,8 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
     changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
     key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
-    table_schema, _, table_name = spec.source_table.rpartition(".")
     key_select: Any = sa.select(*[sa.column(k) for k in spec.primary_key]).select_from(
-        sa.table(table_name, schema=table_schema or None)
+        table_ref(spec.source_table)
     )
     key_sql = str(key_select.compile(dialect=source.engine().dialect))
 

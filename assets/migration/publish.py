@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from assets.migration.lake_io import DOMAIN, partition_schema, read_partition_batches
-from assets.migration.registry import Grain, SourceSystem, TableSpec, ViewSpec
+from assets.migration.loads import partition_end
+from assets.migration.registry import SourceSystem, TableSpec, ViewSpec
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.warehouse import Warehouse
 
@@ -19,11 +18,7 @@ def view_name(source: str, view: str) -> str:
 
 
 def _predicate(spec: TableSpec, partition: LakePartition) -> str:
-    start = partition.day
-    if spec.partition_grain == Grain.MONTH:
-        end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    else:
-        end = start + timedelta(days=1)
+    start, end = partition.day, partition_end(spec, partition)
     column = f'CAST("{spec.partition_column}" AS DATE)'
     return f"{column} >= DATE '{start.isoformat()}' AND {column} < DATE '{end.isoformat()}'"
 

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/card_db"  # what `dp gen-card-db` uses by default
 CHUNK_ROWS = 200_000
 FIRST_JOIN = np.datetime64("2005-01-01")
 CARD_EXPONENT = 0.6  # Zipf exponents: a few cards and merchants take much of the volume
