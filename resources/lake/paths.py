@@ -1,6 +1,6 @@
 """Lake path conventions. The only module that builds or parses lake keys.
 
-    <tier>/<domain>/<dataset>/year=YYYY/month=MM/day=DD[/hour=HH]/part-*.parquet
+    <tier>/<domain>/<dataset>/year=YYYY/month=MM/day=DD[/hour=HH[/minute=MM]]/part-*.parquet
 
 Keys are relative to the lake root (a local directory or an S3 bucket/prefix)
 and always use forward slashes.
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 PARQUET_COMPRESSION = "zstd"
 PARQUET_SUFFIX = ".parquet"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_PARTITION = re.compile(r"^year=(\d{4})/month=(\d{2})/day=(\d{2})(?:/hour=(\d{2}))?$")
+_PARTITION = re.compile(r"^year=(\d{4})/month=(\d{2})/day=(\d{2})(?:/hour=(\d{2})(?:/minute=(\d{2}))?)?$")
 
 
 class LakePathError(ValueError):
@@ -34,40 +35,96 @@ class Tier(StrEnum):
 
 @dataclass(frozen=True, order=True)
 class LakePartition:
-    """A day, or an hour of a day, of a dataset."""
+    """A day, an hour, or a window shorter than an hour (starting at `minute`) of a dataset.
+
+    An hourly partition and a 30-minute window starting on the hour are
+    different partitions with different paths (hour=07 vs hour=07/minute=00).
+    """
 
     day: date
     hour: int | None = None
+    minute: int | None = None
 
     def __post_init__(self) -> None:
         if self.hour is not None and not 0 <= self.hour <= 23:
             raise LakePathError(f"hour must be 0-23, got {self.hour}")
+        if self.minute is not None and (self.hour is None or not 0 <= self.minute <= 59):
+            raise LakePathError(
+                f"minute must be 0-59 and needs an hour, got hour={self.hour} minute={self.minute}"
+            )
 
     @classmethod
-    def from_key(cls, partition_key: str) -> LakePartition:
-        """Parse a Dagster daily ('2026-11-23') or hourly ('2026-11-23-07:00') partition key."""
-        for fmt, hourly in (("%Y-%m-%d", False), ("%Y-%m-%d-%H:%M", True)):
+    def from_key(cls, partition_key: str, partitions_def: Any = None) -> LakePartition:
+        """The lake partition of a Dagster partition key.
+
+        With the asset's time-window partitions definition, the key is parsed
+        with that definition's own format and the window's length picks the
+        grain (a day or longer: day; an hour: hour; shorter: minute). Without
+        it, 'YYYY-MM-DD' is a day and 'YYYY-MM-DD-HH:MM' an hour, or a
+        sub-hour window when the minutes are not zero.
+        """
+        if partitions_def is not None:
+            return cls._from_window(partition_key, partitions_def)
+        for fmt, grain in (("%Y-%m-%d", "day"), ("%Y-%m-%d-%H:%M", "time")):
             try:
                 parsed = datetime.strptime(partition_key, fmt)
             except ValueError:
                 continue
-            return cls(parsed.date(), parsed.hour if hourly else None)
+            if grain == "day":
+                return cls(parsed.date())
+            return cls(parsed.date(), parsed.hour, parsed.minute or None)
         raise LakePathError(
             f"partition key {partition_key!r} is neither daily (YYYY-MM-DD) nor hourly (YYYY-MM-DD-HH:MM)"
         )
 
+    @classmethod
+    def _from_window(cls, partition_key: str, partitions_def: Any) -> LakePartition:
+        try:
+            window = partitions_def.time_window_for_partition_key(partition_key)
+        except Exception as exc:  # Dagster raises several types for a key outside its format
+            raise LakePathError(
+                f"partition key {partition_key!r} does not parse with {partitions_def}: {exc}"
+            ) from None
+        return cls.for_window(window.start, window.end - window.start)
+
+    @classmethod
+    def for_window(cls, start: datetime, length: timedelta) -> LakePartition:
+        """The partition of a time window: its start, at the grain its length calls for."""
+        if length >= timedelta(days=1):
+            return cls(start.date())
+        if length >= timedelta(hours=1):
+            return cls(start.date(), start.hour)
+        return cls(start.date(), start.hour, start.minute)
+
     @property
     def dagster_key(self) -> str:
+        """The key in Dagster's default formats: YYYY-MM-DD, or YYYY-MM-DD-HH:MM."""
         day = self.day.isoformat()
-        return day if self.hour is None else f"{day}-{self.hour:02d}:00"
+        if self.hour is None:
+            return day
+        return f"{day}-{self.hour:02d}:{self.minute or 0:02d}"
+
+    @property
+    def start(self) -> datetime:
+        """When the partition starts (UTC)."""
+        return datetime(
+            self.day.year, self.day.month, self.day.day, self.hour or 0, self.minute or 0, tzinfo=UTC
+        )
 
     @property
     def path(self) -> str:
         path = f"year={self.day.year:04d}/month={self.day.month:02d}/day={self.day.day:02d}"
-        return path if self.hour is None else f"{path}/hour={self.hour:02d}"
+        if self.hour is not None:
+            path += f"/hour={self.hour:02d}"
+        if self.minute is not None:
+            path += f"/minute={self.minute:02d}"
+        return path
 
     def to_day(self) -> LakePartition:
         return LakePartition(self.day)
+
+    def to_hour(self) -> LakePartition:
+        return self if self.hour is None else LakePartition(self.day, self.hour)
 
 
 @dataclass(frozen=True)
@@ -135,12 +192,14 @@ def parse_key(key: str) -> LakeKey:
         match = _PARTITION.match("/".join(middle))
         if not match:
             raise LakePathError(
-                f"lake key {key!r}: {'/'.join(middle)!r} is not year=YYYY/month=MM/day=DD[/hour=HH]"
+                f"lake key {key!r}: {'/'.join(middle)!r} is not year=YYYY/month=MM/day=DD[/hour=HH[/minute=MM]]"
             )
-        year, month, day_, hour = match.groups()
+        year, month, day_, hour, minute = match.groups()
         try:
             day = date(int(year), int(month), int(day_))
         except ValueError as exc:
             raise LakePathError(f"lake key {key!r}: {exc}") from None
-        partition = LakePartition(day, int(hour) if hour is not None else None)
+        partition = LakePartition(
+            day, int(hour) if hour is not None else None, int(minute) if minute is not None else None
+        )
     return LakeKey(tier, domain, dataset, partition, filename)

@@ -1,5 +1,6 @@
 from datetime import UTC, date, datetime, timedelta
 
+import dagster as dg
 import pytest
 
 from resources.lake import LakeObject, LakePartition, LakePathError, ListingCursor, Tier, object_key
@@ -80,3 +81,54 @@ def test_cursor_limit_resumes_where_it_stopped():
     first, cursor = ListingCursor().take_new(objects, limit=2)
     rest, _ = ListingCursor.from_json(cursor.to_json()).take_new(objects, limit=2)
     assert [o.key for o in first] == ["a", "b"] and [o.key for o in rest] == ["c"]
+
+
+# --- windows shorter than an hour ----------------------------------------------
+THIRTY_MINUTES = dg.TimeWindowPartitionsDefinition(
+    cron_schedule="*/30 * * * *", start="2026-11-01-00:00", fmt="%Y-%m-%d-%H:%M"
+)
+
+
+def test_thirty_minute_key_round_trips_through_lake_paths():
+    for key in THIRTY_MINUTES.get_partition_keys_in_range(
+        dg.PartitionKeyRange("2026-11-23-06:30", "2026-11-23-08:00")
+    ):
+        partition = LakePartition.from_key(key, THIRTY_MINUTES)
+        lake_key = object_key(Tier.CURATED, "store_sales", "sales_30min", "part-1.parquet", partition)
+        parsed = parse_key(lake_key).partition
+        assert parsed == partition
+        assert parsed.dagster_key == key
+        assert THIRTY_MINUTES.time_window_for_partition_key(key).start == parsed.start
+
+
+def test_two_windows_of_one_hour_land_in_different_paths():
+    first = LakePartition.from_key("2026-11-23-07:00", THIRTY_MINUTES)
+    second = LakePartition.from_key("2026-11-23-07:30", THIRTY_MINUTES)
+    hourly = LakePartition.from_key(
+        "2026-11-23-07:00", dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00")
+    )
+    paths = {p.path for p in (first, second, hourly)}
+    assert paths == {
+        "year=2026/month=11/day=23/hour=07/minute=00",
+        "year=2026/month=11/day=23/hour=07/minute=30",
+        "year=2026/month=11/day=23/hour=07",
+    }
+
+
+def test_partition_key_is_parsed_with_the_definitions_own_format():
+    custom = dg.TimeWindowPartitionsDefinition(
+        cron_schedule="*/15 * * * *", start="2026-11-01T00:00", fmt="%Y-%m-%dT%H:%M"
+    )
+    partition = LakePartition.from_key("2026-11-23T07:45", custom)
+    assert partition.path.endswith("hour=07/minute=45")
+    monthly = LakePartition.from_key("2026-11-01", dg.MonthlyPartitionsDefinition(start_date="2026-01-01"))
+    assert monthly == LakePartition(date(2026, 11, 1))
+    with pytest.raises(LakePathError, match="2026-11-23-07:45"):
+        LakePartition.from_key("2026-11-23-07:45", custom)  # not the definition's format
+
+
+def test_minute_needs_an_hour_and_bad_minute_paths_are_named():
+    with pytest.raises(LakePathError, match="minute"):
+        LakePartition(date(2026, 11, 23), None, 30)
+    with pytest.raises(LakePathError, match="minute=5"):
+        parse_key("raw/a/b/year=2026/month=11/day=23/hour=07/minute=5/x.parquet")
