@@ -52,3 +52,27 @@ def lake_bucket() -> str:
 def landing_queue_name() -> str:
     """SQS queue that receives the lake bucket's S3 event notifications."""
     return os.environ.get("PLATFORM_LANDING_QUEUE", "data-platform-landing-events")
+
+
+# The Dagster instance's PostgreSQL storage (platform/dagster.yaml reads the same variables
+# through `{env: ...}`; `dp up` sets them with these defaults).
+def dagster_pg_host() -> str:
+    return os.environ.get("DAGSTER_PG_HOST", "127.0.0.1")
+
+
+def dagster_pg_port() -> int:
+    return int(os.environ.get("DAGSTER_PG_PORT", "5432"))
+
+
+def dagster_pg_username() -> str:
+    return os.environ.get("DAGSTER_PG_USERNAME", "postgres")
+
+
+def dagster_pg_password() -> str:
+    """Empty by default: the local PostgreSQL trusts local connections."""
+    return os.environ.get("DAGSTER_PG_PASSWORD", "")
+
+
+def dagster_pg_db() -> str:
+    """The instance's database; a test or a second stack sets its own."""
+    return os.environ.get("DAGSTER_PG_DB", "dagster")
