@@ -8,12 +8,14 @@ from typing import Any
 
 import dagster as dg
 
+from assets.migration import DOMAIN
 from assets.migration.extract import table_ref
-from assets.migration.lake_io import DOMAIN, LoadState, read_partition_batches
 from assets.migration.loads import each_partition, window
 from assets.migration.registry import LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.datasets import LoadState, read_partition_batches
 from resources.sql_source import SqlSource
+from resources.warehouse.sql import quote_identifier
 
 PII_SAMPLE = 2000
 
@@ -29,7 +31,7 @@ def _source_count(db: SqlSource, table: TableSpec, where: list[Any]) -> int:
 
 
 def lake_row_count(lake: LakeStorage, tier: Tier, dataset: str, partition: LakePartition | None) -> int:
-    return sum(b.num_rows for b in read_partition_batches(lake, tier, dataset, partition))
+    return sum(b.num_rows for b in read_partition_batches(lake, tier, DOMAIN, dataset, partition))
 
 
 def raw_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetCheckSpec]:
@@ -80,7 +82,7 @@ def raw_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     import sqlalchemy as sa
 
-    state = LoadState(lake, dataset)
+    state = LoadState(lake, DOMAIN, dataset)
     mismatches, counts = {}, {}
     for partition in each_partition(partitions):
         where = window(table, [partition] if partition else None)
@@ -135,12 +137,12 @@ def _duplicate_keys(
     batches = [
         b.select(table.primary_key)
         for p in each_partition(partitions)
-        for b in read_partition_batches(lake, Tier.RAW, dataset, p)
+        for b in read_partition_batches(lake, Tier.RAW, DOMAIN, dataset, p)
     ]
     if not batches:
         return 0
     keys = pa.Table.from_batches(batches)
-    cols = ", ".join(f'"{c}"' for c in table.primary_key)
+    cols = ", ".join(quote_identifier(c) for c in table.primary_key)
     with duckdb.connect() as con:
         con.register("k", keys)
         row = con.execute(
@@ -179,7 +181,7 @@ def cleansed_checks(
     needles = pa.array(sorted(samples), pa.string())
     found: dict[str, int] = {}
     for partition in each_partition(partitions):
-        for batch in read_partition_batches(lake, Tier.PROCESSED, dataset, partition):
+        for batch in read_partition_batches(lake, Tier.PROCESSED, DOMAIN, dataset, partition):
             for field, column in zip(batch.schema, batch.columns, strict=True):
                 if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
                     hits = pc.sum(pc.is_in(column, value_set=needles)).as_py() or 0

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from assets.migration.lake_io import DOMAIN, read_parquet_object
+from assets.migration import DOMAIN
 from assets.migration.loads import dataset_name
 from assets.migration.publish import warehouse_table
 from assets.migration.registry import SourceSystem, TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.datasets import read_parquet_object
 from resources.lake.paths import PARQUET_COMPRESSION, PARQUET_SUFFIX, dataset_prefix
 from resources.warehouse import Warehouse
+from resources.warehouse.sql import quote_identifier, quote_table
 
 AUDIT_DATASET = "erasure_audit"
 AUDIT_TABLE = "migration_status.erasure_audit"
@@ -94,10 +96,11 @@ def _erase_warehouse(warehouse: Warehouse, source: str, table: TableSpec, ids: l
     if not ids or not warehouse.table_exists(target):
         return []
     values = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
-    where = f'CAST("{table.erasure.column}" AS VARCHAR) IN ({values})'
-    count = warehouse.query(f"SELECT count(*) AS n FROM {target} WHERE {where}").column("n")[0].as_py()
+    where = f"CAST({quote_identifier(table.erasure.column)} AS VARCHAR) IN ({values})"
+    quoted = quote_table(target)
+    count = warehouse.query(f"SELECT count(*) AS n FROM {quoted} WHERE {where}").column("n")[0].as_py()
     if count:
-        warehouse.execute(f"DELETE FROM {target} WHERE {where}")
+        warehouse.execute(f"DELETE FROM {quoted} WHERE {where}")
     return [Removal(table.name, target, int(count))] if count else []
 
 

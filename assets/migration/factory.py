@@ -4,20 +4,20 @@ Per table: source (observed) -> raw (as extracted) -> cleansed (rules, PII) ; pe
 source system: analyst views in the warehouse over the cleansed tables.
 """
 
+import time
 from datetime import timedelta
 
 import dagster as dg
 
-from assets.migration import checks
-from assets.migration.lake_io import DOMAIN
+from assets.migration import DOMAIN, checks
 from assets.migration.loads import dataset_name, load_cleansed, load_raw, source_max
 from assets.migration.profile import histogram_png, markdown, numeric_columns, profile_table
 from assets.migration.publish import create_view, publish, view_name, warehouse_table
-from assets.migration.registry import Grain, SourceSystem, TableSpec, ViewSpec
-from assets.migration.status import record_status
+from assets.migration.registry import SourceSystem, TableSpec, ViewSpec
 from assets.shared.automation import after_parent_updates, daily_at
 from assets.shared.conventions import domain_asset_args
-from resources.lake import LakePartition, LakeStorage
+from assets.shared.load_status import record_status
+from resources.lake import Grain, LakePartition, LakeStorage
 from resources.profiles import sql_source
 from resources.sql_source import SqlSource
 
@@ -49,13 +49,46 @@ def partitions_def(table: TableSpec) -> dg.PartitionsDefinition | None:
 def run_partitions(context: dg.AssetExecutionContext, table: TableSpec) -> list[LakePartition] | None:
     if not table.partitioned:
         return None
-    return [LakePartition.from_key(k[:10]) for k in context.partition_keys]
+    return [LakePartition.from_key(k) for k in context.partition_keys]
 
 
 def partition_label(context: dg.AssetExecutionContext) -> str:
     """'2026-03-01' for one partition, '2026-03-01...2026-03-31' for a backfill range."""
     keys = context.partition_keys
     return keys[0] if len(keys) == 1 else f"{keys[0]}...{keys[-1]}"
+
+
+def status_dataset(source: SourceSystem, table: TableSpec) -> str:
+    """The table's name in platform_status.load_status: 'card_db.customers'."""
+    return f"{source.name}.{table.name}"
+
+
+def _record(
+    context: dg.AssetExecutionContext,
+    dataset: str,
+    stage: str,
+    partition: str,
+    started: float,
+    outcome: str,
+    rows: int = 0,
+    error: BaseException | None = None,
+) -> None:
+    record_status(
+        context.resources.warehouse,
+        domain=DOMAIN,
+        dataset=dataset,
+        stage=stage,
+        partition=partition,
+        outcome=outcome,
+        rows=rows,
+        duration_s=time.monotonic() - started,
+        error=error,
+        run_id=context.run.run_id,
+    )
+
+
+def _outcome(results: list[dg.AssetCheckResult]) -> str:
+    return "loaded" if all(r.passed for r in results) else "check_failed"
 
 
 def _tags(table: TableSpec) -> dict[str, str]:
@@ -65,6 +98,7 @@ def _tags(table: TableSpec) -> dict[str, str]:
 def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.AssetsDefinition]:
     resource_key = source_resource_key(source)
     dataset = dataset_name(source.name, table.name)
+    status_name = status_dataset(source, table)
     parts = partitions_def(table)
     common = domain_asset_args(DOMAIN)
     common["tags"] = {**common["tags"], **_tags(table)}
@@ -113,19 +147,15 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         lake: LakeStorage = context.resources.lake
         partitions = run_partitions(context, table)
         where = partition_label(context) if parts else "all"
+        started = time.monotonic()
         try:
             result = load_raw(lake, db, table, dataset, partitions)
         except Exception as exc:
-            record_status(
-                context.resources.warehouse, source.name, table.name, "raw", where, "failed", 0, exc
-            )
+            _record(context, status_name, "raw", where, started, "failed", error=exc)
             raise dg.Failure(
                 f"raw load of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}",
                 metadata={"table": table.name, "partitions": where},
             ) from exc
-        record_status(
-            context.resources.warehouse, source.name, table.name, "raw", where, "loaded", result.total_rows
-        )
         yield dg.MaterializeResult(
             metadata={
                 "mode": result.mode,
@@ -137,7 +167,9 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
                 "rows_by_partition": dg.MetadataValue.json(result.rows),
             }
         )
-        yield from checks.raw_checks(lake, db, table, dataset, partitions, raw_key)
+        results = list(checks.raw_checks(lake, db, table, dataset, partitions, raw_key))
+        _record(context, status_name, "raw", where, started, _outcome(results), result.total_rows)
+        yield from results
 
     @dg.asset(
         key=cleansed_key,
@@ -156,18 +188,16 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         lake: LakeStorage = context.resources.lake
         partitions = run_partitions(context, table)
         where = partition_label(context) if parts else "all"
+        started = time.monotonic()
         try:
             result = load_cleansed(lake, table, dataset, partitions)
+            published = publish(context.resources.warehouse, lake, source.name, table, dataset, partitions)
         except Exception as exc:
-            record_status(
-                context.resources.warehouse, source.name, table.name, "cleansed", where, "failed", 0, exc
-            )
+            _record(context, status_name, "cleansed", where, started, "failed", error=exc)
             raise dg.Failure(
                 f"cleansing of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}"
             ) from exc
         rows = sum(result.rows.values())
-        published = publish(context.resources.warehouse, lake, source.name, table, dataset, partitions)
-        record_status(context.resources.warehouse, source.name, table.name, "cleansed", where, "loaded", rows)
         yield dg.MaterializeResult(
             metadata={
                 "rows": rows,
@@ -179,7 +209,9 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
             }
         )
         db: SqlSource = getattr(context.resources, resource_key)
-        yield from checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key)
+        results = list(checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key))
+        _record(context, status_name, "cleansed", where, started, _outcome(results), rows)
+        yield from results
 
     @dg.asset(
         key=table_key(source, table, "profile"),

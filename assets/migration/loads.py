@@ -14,18 +14,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from assets.migration import DOMAIN
 from assets.migration.extract import arrow_schema, conform, read_table, stream, table_ref
-from assets.migration.lake_io import (
-    DOMAIN,
+from assets.migration.registry import LoadMode, TableSpec
+from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.datasets import (
     LoadState,
     PartitionWriter,
+    partition_schema,
     read_parquet_object,
     read_partition_batches,
 )
-from assets.migration.registry import Grain, LoadMode, TableSpec
-from resources.lake import LakePartition, LakeStorage, Tier
+from resources.lake.datasets import partition_end as _grain_end
 from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix, object_key, parse_key
 from resources.sql_source import SqlSource
+from resources.warehouse.sql import quote_identifier
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -63,10 +66,7 @@ def window(spec: TableSpec, partitions: list[LakePartition] | None) -> list[Any]
 
 def partition_end(spec: TableSpec, partition: LakePartition) -> date:
     """The first day after the partition (a day, or a month for monthly tables)."""
-    start = partition.day
-    if spec.partition_grain == Grain.MONTH:
-        return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return start + timedelta(days=1)
+    return _grain_end(partition, spec.partition_grain)
 
 
 def source_max(source: SqlSource, spec: TableSpec, column: str, where: list[Any] | None = None) -> Any:
@@ -153,7 +153,7 @@ def _overwrite(
 ) -> RawLoad:
     schema = arrow_schema(source, spec.source_table)
     writer = PartitionWriter(
-        lake, Tier.RAW, dataset, schema, DATA_FILE, spec.partition_column, spec.partition_grain
+        lake, Tier.RAW, DOMAIN, dataset, schema, DATA_FILE, spec.partition_column, spec.partition_grain
     )
     writer.ensure(list(partitions) if partitions else [None])  # an empty source partition empties ours
     _write(writer, _reader(source, spec, window(spec, partitions)), schema)
@@ -170,7 +170,7 @@ def _append(
     import sqlalchemy as sa
 
     assert spec.watermark_column
-    state = LoadState(lake, dataset)
+    state = LoadState(lake, DOMAIN, dataset)
     targets: list[LakePartition | None] = list(partitions) if partitions else [None]
     bounds = window(spec, partitions)
     high = source_max(source, spec, spec.watermark_column, bounds)
@@ -191,6 +191,7 @@ def _append(
         writer = PartitionWriter(
             lake,
             Tier.RAW,
+            DOMAIN,
             dataset,
             schema,
             f"part-after-{_token(low)}.parquet",
@@ -211,7 +212,7 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     import sqlalchemy as sa
 
     assert spec.watermark_column
-    state = LoadState(lake, dataset)
+    state = LoadState(lake, DOMAIN, dataset)
     schema = arrow_schema(source, spec.source_table)
     low = state.watermark(None)
     high = source_max(source, spec, spec.watermark_column)
@@ -230,7 +231,7 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
     old_key = object_key(Tier.RAW, DOMAIN, dataset, DATA_FILE)
     old = read_parquet_object(lake, old_key) if lake.exists(old_key) else schema.empty_table()
 
-    using = ", ".join(f'"{k}"' for k in spec.primary_key)
+    using = ", ".join(quote_identifier(k) for k in spec.primary_key)
     con = duckdb.connect()
     try:
         con.register("old", old)
@@ -252,7 +253,7 @@ def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str)
         con.close()
     assert counts is not None
     merged = merged.select(schema.names).cast(schema)
-    writer = PartitionWriter(lake, Tier.RAW, dataset, schema, DATA_FILE)
+    writer = PartitionWriter(lake, Tier.RAW, DOMAIN, dataset, schema, DATA_FILE)
     writer.ensure([None])
     _write(writer, merged.to_batches(max_chunksize=spec.fetch_size), schema)
     if high is not None:
@@ -291,11 +292,10 @@ def load_cleansed(
     import pyarrow.parquet as pq
 
     from assets.migration.cleansing import cleanse
-    from assets.migration.lake_io import partition_schema
     from assets.migration.pii import protect
 
     result = CleansedLoad()
-    raw_schema = partition_schema(lake, Tier.RAW, dataset)
+    raw_schema = partition_schema(lake, Tier.RAW, DOMAIN, dataset)
     if raw_schema is None:
         raise FileNotFoundError(f"{dataset}: the raw tier is empty; materialize the raw asset first")
 
@@ -310,7 +310,7 @@ def load_cleansed(
         writer = None
         rows = 0
         try:
-            for batch in read_partition_batches(lake, Tier.RAW, dataset, partition):
+            for batch in read_partition_batches(lake, Tier.RAW, DOMAIN, dataset, partition):
                 out = transform(pa.Table.from_batches([batch]))
                 writer = writer or pq.ParquetWriter(path, out.schema, compression=PARQUET_COMPRESSION)
                 writer.write_table(out)

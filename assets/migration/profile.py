@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resources.warehouse import Warehouse
+from resources.warehouse.sql import quote_identifier, quote_table
 
 TOP_VALUES = 5
 BINS = 20
@@ -24,10 +25,6 @@ class ColumnProfile:
     top_values: list[tuple[Any, int]] = field(default_factory=list)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def profile_table(
     warehouse: Warehouse, table: str, withhold: set[str] | frozenset[str] = frozenset()
 ) -> tuple[int, list[ColumnProfile]]:
@@ -35,10 +32,11 @@ def profile_table(
     ends up in Dagster's event log, from which an erasure could not remove it."""
     import pyarrow as pa
 
+    table = quote_table(table)
     sample = warehouse.query(f"SELECT * FROM {table} LIMIT 0")
     selects = ["count(*) AS n"]
     for i, f in enumerate(sample.schema):
-        c = _q(f.name)
+        c = quote_identifier(f.name)
         selects += [f"count({c}) AS nn_{i}", f"count(DISTINCT {c}) AS d_{i}"]
         if f.name not in withhold and not (pa.types.is_boolean(f.type) or pa.types.is_binary(f.type)):
             selects += [f"min({c}) AS mn_{i}", f"max({c}) AS mx_{i}"]
@@ -50,7 +48,8 @@ def profile_table(
             []
             if f.name in withhold
             else warehouse.query(
-                f"SELECT {_q(f.name)} AS v, count(*) AS c FROM {table} WHERE {_q(f.name)} IS NOT NULL "
+                f"SELECT {quote_identifier(f.name)} AS v, count(*) AS c FROM {table}"
+                f" WHERE {quote_identifier(f.name)} IS NOT NULL "
                 f"GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_VALUES}"
             ).to_pylist()
         )
@@ -80,10 +79,10 @@ def histogram_png(warehouse: Warehouse, table: str, column: str, low: Any, high:
 
     low_f, high_f = float(low), float(high)
     width = (high_f - low_f) / BINS or 1.0
-    c = _q(column)
+    c = quote_identifier(column)
     rows = warehouse.query(
         f"SELECT least(CAST(floor((CAST({c} AS DOUBLE) - {low_f}) / {width}) AS BIGINT), {BINS - 1})"
-        f" AS bucket, count(*) AS n FROM {table} WHERE {c} IS NOT NULL GROUP BY 1 ORDER BY 1"
+        f" AS bucket, count(*) AS n FROM {quote_table(table)} WHERE {c} IS NOT NULL GROUP BY 1 ORDER BY 1"
     ).to_pylist()
     values = [{"from": round(low_f + r["bucket"] * width, 4), "rows": r["n"]} for r in rows]
     spec = {

@@ -3,7 +3,9 @@
 Each file declares the source (its SQLAlchemy URL for local use, and the
 environment variable that holds it in production) and, per table, how it is
 loaded, partitioned, kept, cleansed and protected. Adding a table is a YAML
-edit: the asset factory builds everything else from these models.
+edit: the asset factory builds everything else from these models. Files are
+loaded by the generic catalog loader (assets.shared.catalog); partition grains
+are the lake's (resources.lake.datasets.Grain).
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from assets.shared.catalog import CatalogError, load_catalog_dir, load_yaml_model
+from resources.lake.datasets import Grain
 from resources.settings import PROJECT_ROOT
 
 CATALOG_DIR = PROJECT_ROOT / "platform" / "catalogs" / "migration"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class RegistryError(ValueError):
-    """A registry file that does not validate; the message names file, table and field."""
+# A registry file that does not validate; the message names file, table and field.
+RegistryError = CatalogError
 
 
 class Kind(StrEnum):
@@ -36,12 +39,6 @@ class LoadMode(StrEnum):
     OVERWRITE = "overwrite"  # replace the partition (or the table) atomically
     APPEND = "append"  # add rows past the watermark; a re-run adds nothing
     UPSERT = "upsert"  # merge by primary key, deletes included
-
-
-class Grain(StrEnum):
-    DAY = "day"
-    MONTH = "month"
-    NONE = "none"
 
 
 class PiiAction(StrEnum):
@@ -195,37 +192,11 @@ class SourceSystem(_Strict):
         return next(t for t in self.tables if t.name == name)
 
 
-def _describe(path: Path, raw: dict, error: ValidationError) -> str:
-    lines = []
-    for err in error.errors():
-        loc = list(err["loc"])
-        where = ""
-        if len(loc) >= 2 and loc[0] in ("tables", "views") and isinstance(loc[1], int):
-            items = raw.get(loc[0]) or []
-            item = items[loc[1]] if loc[1] < len(items) and isinstance(items[loc[1]], dict) else {}
-            where = f"{loc[0][:-1]} {item.get('name', '#' + str(loc[1]))!r}: "
-            loc = loc[2:]
-        field = ".".join(str(p) for p in loc) or "(table)"
-        lines.append(f"{path}: {where}field {field}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def load_source(path: Path) -> SourceSystem:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise RegistryError(f"{path}: expected a mapping with name, tables and views")
-    try:
-        return SourceSystem.model_validate(raw)
-    except ValidationError as exc:
-        raise RegistryError(_describe(path, raw, exc)) from None
+    """One source system's file; RegistryError names file, table and field of a mistake."""
+    return load_yaml_model(path, SourceSystem)
 
 
 def load_registry(directory: Path = CATALOG_DIR) -> list[SourceSystem]:
-    sources = [load_source(p) for p in sorted(directory.glob("*.yaml"))]
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise RegistryError(f"{directory}: two files declare the same source name: {names}")
-    return sources
+    """Every source system of the registry; two files may not declare the same source name."""
+    return load_catalog_dir(directory, SourceSystem)

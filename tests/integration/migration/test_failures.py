@@ -49,9 +49,13 @@ def test_failed_load_is_reported_and_rerun_is_safe(pg_url, local_lake, tmp_path)
     [failure] = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     message = failure.step_failure_data.error.message
     assert "shop.orders" in message and "2026-02-01" in message and "orders" in message.lower()
-    status = warehouse.query("SELECT status, partitions, error FROM migration_status.load_status").to_pylist()
-    assert status[0]["status"] == "failed" and status[0]["partitions"] == "2026-02-01"
-    assert "orders" in status[0]["error"]
+    status = warehouse.query(
+        'SELECT domain, dataset, stage, outcome, "partition", error, run_id FROM platform_status.load_status'
+    ).to_pylist()
+    assert status[0]["outcome"] == "failed" and status[0]["partition"] == "2026-02-01"
+    where = (status[0]["domain"], status[0]["dataset"], status[0]["stage"])
+    assert where == ("migration", "shop.orders", "raw")
+    assert "orders" in status[0]["error"] and status[0]["run_id"] == failed.run_id
 
     # Once the table exists the same partition loads, and the status says so.
     db = SqlSource(url=pg_url)
@@ -70,5 +74,6 @@ def test_failed_load_is_reported_and_rerun_is_safe(pg_url, local_lake, tmp_path)
         assert ok.success
         assert all(c.passed for c in ok.get_asset_check_evaluations())
     assert local_lake.read_parquet("raw", "migration", "shop__orders").num_rows == 2
-    status = warehouse.query("SELECT status FROM migration_status.load_status").column("status").to_pylist()
-    assert status == ["loaded"]
+    status = warehouse.query("SELECT outcome, duration_s FROM platform_status.load_status").to_pylist()
+    assert [s["outcome"] for s in status] == ["loaded"]
+    assert status[0]["duration_s"] >= 0

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from assets.migration.lake_io import DOMAIN
+from assets.migration import DOMAIN
 from assets.migration.loads import load_raw
 from assets.migration.registry import TableSpec
 from resources.lake import LakePartition, Tier

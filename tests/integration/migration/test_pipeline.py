@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from assets.migration import DOMAIN
 from assets.migration.erasure import AUDIT_TABLE, erase_subject
 from assets.migration.factory import build_source_defs, table_key
-from assets.migration.lake_io import DOMAIN
 from assets.migration.loads import dataset_name
 from assets.migration.pii import PiiKeyError, decrypt_array, generate_key, hash_array
 from assets.migration.publish import view_name, warehouse_table
@@ -132,8 +132,8 @@ def test_initial_load_day2_pii_and_erasure(env):
         > 0
     )
     status = (
-        warehouse.query("SELECT DISTINCT status FROM migration_status.load_status")
-        .column("status")
+        warehouse.query("SELECT DISTINCT outcome FROM platform_status.load_status")
+        .column("outcome")
         .to_pylist()
     )
     assert status == ["loaded"]

@@ -1,4 +1,10 @@
-"""Streamed Parquet writing into the lake, one file per partition, and the per-table load state."""
+"""Datasets in the lake, for every domain: partitioned Parquet writing, streamed reading,
+and a dataset's load state (watermarks) kept beside its data.
+
+A dataset is (tier, domain, dataset); its partitions follow resources.lake.paths. Rows go
+to a partition by a date column and a `Grain`: the day itself, the month's first day, or
+no partition at all.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,37 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assets.migration.registry import Grain
-from resources.lake import LakePartition, LakeStorage, Tier
-from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix
+from resources.lake.paths import PARQUET_COMPRESSION, LakePartition, Tier, dataset_prefix, object_key
+from resources.lake.storage import LakeStorage
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-DOMAIN = "migration"
+
+class Grain(StrEnum):
+    """How a dataset is partitioned by its date column."""
+
+    DAY = "day"
+    MONTH = "month"  # stored under the month's first day
+    NONE = "none"
 
 
 def partition_of(value: date, grain: Grain) -> LakePartition:
+    """The partition a date falls in (grain day or month)."""
     return LakePartition(value.replace(day=1) if grain == Grain.MONTH else value)
+
+
+def partition_end(partition: LakePartition, grain: Grain) -> date:
+    """The first day after the partition: the next day, or the next month's first day."""
+    start = partition.day
+    if grain == Grain.MONTH:
+        return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return start + timedelta(days=1)
 
 
 @dataclass
@@ -34,6 +55,7 @@ class PartitionWriter:
 
     lake: LakeStorage
     tier: Tier
+    domain: str
     dataset: str
     schema: pa.Schema
     filename: str
@@ -81,12 +103,10 @@ class PartitionWriter:
             self._writer(partition)
 
     def commit(self) -> dict[LakePartition | None, str]:
-        from resources.lake.paths import object_key
-
         keys = {}
         for partition, (writer, path) in self._writers.items():
             writer.close()
-            key = object_key(self.tier, DOMAIN, self.dataset, self.filename, partition)
+            key = object_key(self.tier, self.domain, self.dataset, self.filename, partition)
             self.lake.put_file(key, path)
             keys[partition] = key
         self._writers.clear()
@@ -102,14 +122,19 @@ class PartitionWriter:
 
 
 def read_partition_batches(
-    lake: LakeStorage, tier: Tier, dataset: str, partition: LakePartition | None, batch_rows: int = 65_536
+    lake: LakeStorage,
+    tier: Tier,
+    domain: str,
+    dataset: str,
+    partition: LakePartition | None,
+    batch_rows: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
     """Stream every Parquet file of a partition (or of an unpartitioned dataset) from the lake."""
     import pyarrow.parquet as pq
 
-    keys = lake.parquet_keys(tier, DOMAIN, dataset, partition)
+    keys = lake.parquet_keys(tier, domain, dataset, partition)
     if partition is None:  # an unpartitioned dataset's files sit directly under it
-        prefix = dataset_prefix(tier, DOMAIN, dataset)
+        prefix = dataset_prefix(tier, domain, dataset)
         keys = [k for k in keys if "/" not in k[len(prefix) :]]
     for key in keys:
         path = lake.scratch_dir() / f"read-{uuid.uuid4().hex}.parquet"
@@ -132,23 +157,24 @@ def read_parquet_object(lake: LakeStorage, key: str, columns: list[str] | None =
         path.unlink(missing_ok=True)
 
 
-def partition_schema(lake: LakeStorage, tier: Tier, dataset: str) -> pa.Schema | None:
+def partition_schema(lake: LakeStorage, tier: Tier, domain: str, dataset: str) -> pa.Schema | None:
+    """The schema of the dataset's first Parquet file, or None when it has none."""
     import io
 
     import pyarrow.parquet as pq
 
-    keys = lake.parquet_keys(tier, DOMAIN, dataset)
+    keys = lake.parquet_keys(tier, domain, dataset)
     if not keys:
         return None
     return pq.read_schema(io.BytesIO(lake.get_bytes(keys[0])))
 
 
 class LoadState:
-    """Watermarks per table and partition, kept beside the data as a hidden JSON object."""
+    """Watermarks per dataset and partition, kept beside the data as a hidden JSON object."""
 
-    def __init__(self, lake: LakeStorage, dataset: str):
+    def __init__(self, lake: LakeStorage, domain: str, dataset: str, tier: Tier = Tier.RAW):
         self.lake = lake
-        self.key = dataset_prefix(Tier.RAW, DOMAIN, dataset) + "_state.json"
+        self.key = dataset_prefix(tier, domain, dataset) + "_state.json"
         self.data: dict[str, Any] = json.loads(lake.get_bytes(self.key)) if lake.exists(self.key) else {}
 
     def watermark(self, partition: LakePartition | None) -> Any:
