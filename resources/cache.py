@@ -7,22 +7,16 @@ a reader never sees fresh fields that never expire.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from resources import settings
+
 if TYPE_CHECKING:
     import redis
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_url() -> str:
-    """PLATFORM_REDIS_URL, read at use time; the local Redis by default."""
-    return os.environ.get("PLATFORM_REDIS_URL") or DEFAULT_REDIS_URL
 
 
 class RedisCache(dg.ConfigurableResource):
@@ -37,7 +31,7 @@ class RedisCache(dg.ConfigurableResource):
         if self._client is None:
             import redis
 
-            self._client = redis.Redis.from_url(self.url or redis_url(), decode_responses=True)
+            self._client = redis.Redis.from_url(self.url or settings.redis_url(), decode_responses=True)
         return self._client
 
     def key(self, *parts: object) -> str:

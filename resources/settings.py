@@ -8,6 +8,7 @@ only what differs from the embedded defaults.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +77,56 @@ def dagster_pg_password() -> str:
 def dagster_pg_db() -> str:
     """The instance's database; a test or a second stack sets its own."""
     return os.environ.get("DAGSTER_PG_DB", "dagster")
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    """The serving cache; the local Redis by default."""
+    return os.environ.get("PLATFORM_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def demo_sources_enabled() -> bool:
+    """Whether `dp up` generates the sample source databases (PLATFORM_DEMO_SOURCES=0 turns it off)."""
+    return os.environ.get("PLATFORM_DEMO_SOURCES", "1").strip() != "0"
+
+
+def env(name: str) -> str | None:
+    """A variable named by a catalog (a source's `url_env`), or None when unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+PII_KEY_ENV = "PLATFORM_PII_KEY"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value and where it came from (a variable name or a file), for messages.
+
+    The value never appears in repr, so a logged or raised Secret shows only its origin.
+    """
+
+    value: str = field(repr=False)
+    origin: str
+
+
+def pii_key_file() -> Path:
+    """Where the local stack keeps its PII key (made on first `dp up`, mode 0600)."""
+    return var_dir() / "secrets" / "pii.key"
+
+
+def pii_key() -> Secret | None:
+    """PLATFORM_PII_KEY if set; else, except on the aws profile, the local stack's key file.
+
+    The aws profile takes secrets only from the environment: a key file left on
+    a host must not silently become production's key.
+    """
+    value = env(PII_KEY_ENV)
+    if value:
+        return Secret(value, PII_KEY_ENV)
+    path = pii_key_file()
+    if profile_name() != "aws" and path.is_file():
+        return Secret(path.read_text().strip(), str(path))
+    return None

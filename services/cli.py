@@ -78,18 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gen-card-db":
         import json
         import logging
-        import os
         from datetime import date
 
-        from assets.migration.registry import load_registry
+        from services.demo_sources import source_location, source_url
         from services.generators.card_db import apply_day2, generate
 
         logging.basicConfig(
             level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
-        # The registry names the source's URL variable and its local default.
-        card_db = next(s for s in load_registry() if s.name == "card_db")
-        url = args.url or os.environ.get(card_db.url_env) or card_db.local_url
+        # The catalog file names the source's URL variable and its local default.
+        url = args.url or source_url(source_location())
         if args.day2:
             result: dict = apply_day2(url, seed=args.seed, share=args.share, progress=True)
         else:

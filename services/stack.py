@@ -66,14 +66,9 @@ def stack_env(profile: str, moto_port: int) -> dict[str, str]:
 
 def _local_pii_key(var: Path) -> str:
     """The local stack's PII key, made once and kept in var/secrets (mode 0600)."""
-    from assets.migration.pii import generate_key
+    from resources.secrets import ensure_local_pii_key
 
-    path = var / "secrets" / "pii.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(generate_key())
-    return path.read_text().strip()
+    return ensure_local_pii_key(var / "secrets" / "pii.key")
 
 
 def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
@@ -124,7 +119,7 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
         print(f"stack: profile {profile}, state in {var}", flush=True)
         procs.append(("moto", start_moto(moto_port, var / "logs" / "moto.log")))
         _bootstrap_aws(lake_in_s3)
-        if os.environ.get("PLATFORM_DEMO_SOURCES", "1") != "0":
+        if settings.demo_sources_enabled():
             _ensure_demo_sources()
         dagster = Path(sys.executable).parent / "dagster"
         procs.append(
@@ -187,15 +182,13 @@ DEMO_SCALE = 50_000
 
 
 def _ensure_demo_sources() -> None:
-    """Give each migration source its sample database on first start (the source stays as it is after)."""
+    """Give the sample card_db source its database on first start (the source stays as it is after)."""
     import sqlalchemy as sa
 
-    from assets.migration.registry import load_registry
+    from services.demo_sources import source_location
     from services.generators.card_db import generate
 
-    for source in load_registry():
-        if source.name != "card_db":
-            continue
+    for source in [source_location()]:  # the catalog file of card_db, read as plain data
         try:
             engine = sa.create_engine(source.local_url)
             with engine.connect() as conn:

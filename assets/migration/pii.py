@@ -1,8 +1,9 @@
 """PII protection of cleansed tables (pure, over pyarrow): encrypt, hash or purge columns.
 
-The only key is PLATFORM_PII_KEY (base64 of 64 random bytes), read from the environment
-each time it is needed and never logged or put in a message. Two subkeys are derived from
-it with HKDF, so encryption and hashing never share key material:
+The only key (base64 of 64 random bytes) is found by resources.settings.pii_key() each
+time it is needed: PLATFORM_PII_KEY, or the local stack's key file. It is never logged or
+put in a message. Two subkeys are derived from it with HKDF, so encryption and hashing
+never share key material:
 
 - encrypt: AES-SIV without a nonce: deterministic, so equal values give equal ciphertexts
   and joins on encrypted columns still work; reversible with the key ('enc:v1:<base64>').
@@ -17,18 +18,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import os
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from assets.migration.cleansing import map_distinct
 from assets.migration.registry import PiiAction
+from resources import settings
+from resources.secrets import PII_KEY_BYTES as KEY_BYTES
+from resources.settings import PII_KEY_ENV as KEY_ENV
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-KEY_ENV = "PLATFORM_PII_KEY"
-KEY_BYTES = 64
 PREFIX = "enc:v1:"
 
 
@@ -38,11 +38,6 @@ class PiiError(ValueError):
 
 class PiiKeyError(PiiError):
     """PLATFORM_PII_KEY missing or malformed, or not the key the values were encrypted with."""
-
-
-def generate_key() -> str:
-    """A new PLATFORM_PII_KEY value for operators (store it in the secret manager, not in git)."""
-    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
 
 
 def encrypt_array(arr: Any) -> Any:
@@ -61,7 +56,7 @@ def encrypt_array(arr: Any) -> Any:
 
 
 def decrypt_array(arr: Any, key: str | None = None) -> Any:
-    """Reverse encrypt_array; `key` (base64, like the variable) defaults to PLATFORM_PII_KEY."""
+    """Reverse encrypt_array; `key` (base64, like the variable) defaults to settings.pii_key()."""
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
@@ -115,18 +110,34 @@ def protect(table: pa.Table, pii: dict[str, PiiAction]) -> pa.Table:
 
 
 def _master_key(key: str | None) -> bytes:
-    # Read when used, not at import: a code location loads without the key, and a rotated
-    # key takes effect on the next run. Messages name the variable, never its value.
-    raw = key if key is not None else os.environ.get(KEY_ENV, "")
+    # Found when used, not at import: a code location loads without the key, and a rotated
+    # key takes effect on the next run. Messages name where the key came from, never its value.
+    if key is not None:
+        raw, origin = key, "the given PII key"
+    else:
+        found = settings.pii_key()
+        if found is None:
+            raise PiiKeyError(_missing_key_message())
+        raw, origin = found.value, found.origin
     if not raw.strip():
-        raise PiiKeyError(f"{KEY_ENV} is not set; create one with assets.migration.pii.generate_key()")
+        raise PiiKeyError(f"{origin} is empty")
     try:
         decoded = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise PiiKeyError(f"{KEY_ENV} is not valid base64") from None
+        raise PiiKeyError(f"{origin} is not valid base64") from None
     if len(decoded) != KEY_BYTES:
-        raise PiiKeyError(f"{KEY_ENV} must be base64 of {KEY_BYTES} bytes, it decodes to {len(decoded)}")
+        raise PiiKeyError(f"{origin} must be base64 of {KEY_BYTES} bytes, it decodes to {len(decoded)}")
     return decoded
+
+
+def _missing_key_message() -> str:
+    # No advice to make a new key: it would not decrypt what is already encrypted.
+    if settings.profile_name() == "aws":
+        return f"no PII key: {KEY_ENV} is not set (the aws profile reads the key only from the environment)"
+    return (
+        f"no PII key: {KEY_ENV} is not set and {settings.pii_key_file()} does not exist "
+        "(the local stack creates that file on the first `dp up`)"
+    )
 
 
 def _subkey(master: bytes, info: bytes, length: int) -> bytes:
@@ -146,7 +157,3 @@ def _strings(values: Any) -> pa.Array:
     import pyarrow as pa
 
     return pa.array(list(values), type=pa.string())
-
-
-if __name__ == "__main__":
-    print(generate_key())

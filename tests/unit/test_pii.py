@@ -18,11 +18,12 @@ from assets.migration.pii import (
     PiiKeyError,
     decrypt_array,
     encrypt_array,
-    generate_key,
     hash_array,
     protect,
 )
 from assets.migration.registry import PiiAction, load_registry
+from resources import settings
+from resources.secrets import ensure_local_pii_key, generate_key
 
 VALUES = ["홍길동", None, "010-1234-5678", "", "kim@example.com", "홍길동", None]
 
@@ -116,6 +117,33 @@ def test_missing_key_names_the_variable(fn, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(PiiKeyError, match=f"{KEY_ENV} is not set"):
         fn(pa.array(["x"]))
+
+
+def test_missing_key_says_where_it_looked_and_suggests_no_new_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(PiiKeyError) as raised:
+        encrypt_array(pa.array(["x"]))
+    message = str(raised.value)
+    assert KEY_ENV in message and str(settings.pii_key_file()) in message
+    assert "dp up" in message and "generate" not in message
+
+
+def test_the_local_key_file_is_used_when_the_variable_is_unset(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    key = ensure_local_pii_key()  # as the local stack makes it, under the test's own var dir
+    from_file = encrypt_array(pa.array(["홍길동"]))
+    monkeypatch.setenv(KEY_ENV, key)
+    assert encrypt_array(pa.array(["홍길동"])).equals(from_file)
+
+
+def test_a_malformed_key_file_is_named(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    path = settings.pii_key_file()
+    path.parent.mkdir(parents=True)
+    path.write_text("short")
+    with pytest.raises(PiiKeyError, match=r"pii\.key") as raised:
+        encrypt_array(pa.array(["x"]))
+    assert "short" not in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ def test_unknown_source_is_refused_by_name(capsys, monkeypatch):
 
 
 def test_erasure_with_nothing_to_remove_is_still_audited(capsys, monkeypatch):
-    from assets.migration.pii import generate_key
     from resources.profiles import build_resources
+    from resources.secrets import generate_key
 
     monkeypatch.setenv("PLATFORM_PII_KEY", generate_key())
     assert main(["erase-customer", "--source", "card_db", "--id", "424242", "--requested-by", "dpo"]) == 0

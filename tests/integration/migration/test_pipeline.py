@@ -14,10 +14,11 @@ from assets.migration import DOMAIN
 from assets.migration.erasure import AUDIT_TABLE, erase_subject
 from assets.migration.factory import build_source_defs, table_key
 from assets.migration.loads import dataset_name
-from assets.migration.pii import PiiKeyError, decrypt_array, generate_key, hash_array
+from assets.migration.pii import PiiKeyError, decrypt_array, hash_array
 from assets.migration.publish import view_name, warehouse_table
 from assets.migration.registry import load_registry
 from resources.lake import Tier
+from resources.secrets import generate_key
 from resources.sql_source import SqlSource
 from resources.warehouse import DuckDBWarehouse
 from services.generators.card_db import apply_day2, generate
