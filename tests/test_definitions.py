@@ -1,5 +1,6 @@
 """The code location: what it holds, that Dagster validates it, and what it imports."""
 
+import ast
 import json
 import os
 import runpy
@@ -99,3 +100,37 @@ def test_loading_the_code_location_keeps_heavy_imports_out():
         check=True,
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+# Only the code location and the command line wire the migration domain in; what other
+# domains share lives in assets/shared and resources, so they never import a domain.
+MIGRATION_IMPORTERS = {"platform/definitions.py", "services/cli.py"}
+NOT_SCANNED = {"tests", "var", "node_modules"}
+
+
+def _imports_migration(tree: ast.AST) -> list[int]:
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        if any(n == "assets.migration" or n.startswith("assets.migration.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_code_location_and_the_cli_import_the_migration_domain():
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        top = rel.parts[0]
+        if len(rel.parts) > 1 and (top.startswith(".") or top in NOT_SCANNED):
+            continue
+        if rel.parts[:2] == ("assets", "migration") or rel.as_posix() in MIGRATION_IMPORTERS:
+            continue
+        lines = _imports_migration(ast.parse(path.read_text(), filename=str(path)))
+        offenders += [f"{rel.as_posix()}:{line}" for line in lines]
+    assert offenders == [], "import assets.migration outside the domain: " + ", ".join(offenders)
