@@ -61,7 +61,58 @@ def stack_env(profile: str, moto_port: int) -> dict[str, str]:
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
     env.setdefault("PLATFORM_PII_KEY", _local_pii_key(var))
+    env.update(dagster_pg_env())
     return env
+
+
+def dagster_pg_env() -> dict[str, str]:
+    """The DAGSTER_PG_* variables platform/dagster.yaml reads, with their local defaults."""
+    return {
+        "DAGSTER_PG_HOST": settings.dagster_pg_host(),
+        "DAGSTER_PG_PORT": str(settings.dagster_pg_port()),
+        "DAGSTER_PG_USERNAME": settings.dagster_pg_username(),
+        "DAGSTER_PG_PASSWORD": settings.dagster_pg_password(),
+        "DAGSTER_PG_DB": settings.dagster_pg_db(),
+    }
+
+
+def _pg_admin_connect():
+    """An autocommit connection to the server's maintenance database (CREATE/DROP DATABASE)."""
+    import psycopg
+
+    return psycopg.connect(
+        host=settings.dagster_pg_host(),
+        port=settings.dagster_pg_port(),
+        user=settings.dagster_pg_username(),
+        password=settings.dagster_pg_password() or None,
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def ensure_dagster_db(name: str | None = None) -> bool:
+    """Create the instance's database if it does not exist; True when it was created."""
+    import psycopg
+    from psycopg import sql
+
+    name = name or settings.dagster_pg_db()
+    with _pg_admin_connect() as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            return False  # created by a concurrent start
+    return True
+
+
+def drop_dagster_db(name: str) -> None:
+    """Drop a (test or benchmark) instance database, closing its remaining connections."""
+    from psycopg import sql
+
+    with _pg_admin_connect() as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def _local_pii_key(var: Path) -> str:
@@ -121,6 +172,8 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
         _bootstrap_aws(lake_in_s3)
         if settings.demo_sources_enabled():
             _ensure_demo_sources()
+        if ensure_dagster_db():
+            print(f"stack: created the Dagster instance database {settings.dagster_pg_db()}", flush=True)
         dagster = Path(sys.executable).parent / "dagster"
         procs.append(
             (

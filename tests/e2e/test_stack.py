@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from services.moto import free_port
+from services.stack import dagster_pg_env, drop_dagster_db
 
 ROOT = Path(__file__).resolve().parents[1].parent
 DP = Path(sys.executable).parent / "dp"
@@ -62,11 +64,21 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
+@pytest.fixture
+def instance_db(monkeypatch):
+    """A database of its own for the stack's Dagster instance, dropped afterwards."""
+    name = f"dagster_e2e_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("DAGSTER_PG_DB", name)  # for `dp up` and this process's DagsterInstance
+    yield name
+    drop_dagster_db(name)
+
+
+def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, monkeypatch):
     var = tmp_path / "var"
     ui_port, moto_port = free_port(), free_port()
     # The sample source databases live on the machine's servers, not under var: leave them alone.
     env = {**os.environ, "PLATFORM_VAR_DIR": str(var), "PLATFORM_DEMO_SOURCES": "0"}
+    assert env["DAGSTER_PG_DB"] == instance_db
     args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3"]
     log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,7 +99,10 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path):
         assert {"SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(healthy)
 
         # Demo files land every 3 s; the listing sensor must turn them into a materialization.
+        for name, value in dagster_pg_env().items():  # what platform/dagster.yaml reads
+            monkeypatch.setenv(name, value)
         instance = dg.DagsterInstance.from_config(str(var / "dagster_home"))
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         key = dg.AssetKey(["lake_ops", "landing_arrivals"])
         event = _wait(
             lambda: instance.get_latest_materialization_event(key), 240, "a sensor-run materialization", proc
