@@ -167,7 +167,11 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
                 "rows_by_partition": dg.MetadataValue.json(result.rows),
             }
         )
-        results = list(checks.raw_checks(lake, db, table, dataset, partitions, raw_key))
+        try:
+            results = list(checks.raw_checks(lake, db, table, dataset, partitions, raw_key))
+        except Exception as exc:  # the data landed but could not be checked: not "loaded"
+            _record(context, status_name, "raw", where, started, "failed", result.total_rows, exc)
+            raise
         _record(context, status_name, "raw", where, started, _outcome(results), result.total_rows)
         yield from results
 
@@ -209,7 +213,11 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
             }
         )
         db: SqlSource = getattr(context.resources, resource_key)
-        results = list(checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key))
+        try:
+            results = list(checks.cleansed_checks(lake, db, table, dataset, partitions, cleansed_key))
+        except Exception as exc:  # the data landed but could not be checked: not "loaded"
+            _record(context, status_name, "cleansed", where, started, "failed", rows, exc)
+            raise
         _record(context, status_name, "cleansed", where, started, _outcome(results), rows)
         yield from results
 
