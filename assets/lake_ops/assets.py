@@ -9,6 +9,8 @@ import dagster as dg
 from assets.shared.conventions import domain_asset_args
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.paths import LakePathError, parse_key
+from resources.ledger import FileLedger, FileRef
+from resources.warehouse import Warehouse
 
 DOMAIN = "lake_ops"
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
@@ -31,10 +33,13 @@ def _parquet_rows(lake: LakeStorage, key: str) -> int | None:
     kinds={"parquet"},
     **domain_asset_args(DOMAIN),
 )
-def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
+def landing_arrivals(
+    context: dg.AssetExecutionContext, lake: LakeStorage, warehouse: Warehouse
+) -> dg.MaterializeResult:
     import pyarrow as pa
 
-    day = LakePartition.from_key(context.partition_key)
+    day = LakePartition.from_key(context.partition_key, context.assets_def.partitions_def)
+    counted: list[FileRef] = []
     stats: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0, "rows": 0})
     unreadable = []
     for obj in lake.list_objects(f"{Tier.LANDING.value}/"):
@@ -44,6 +49,7 @@ def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
             continue  # reported by the lake_inventory conventions check
         if key.partition is None or key.partition.day != day.day:
             continue
+        counted.append(FileRef(obj.key, lake.etag(obj)))
         entry = stats[(key.domain, key.dataset)]
         entry["objects"] += 1
         entry["bytes"] += obj.size
@@ -67,6 +73,13 @@ def landing_arrivals(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg
     written = lake.write_parquet(summary, Tier.CURATED, DOMAIN, "landing_arrivals", day, "summary.parquet")
     if unreadable:
         context.log.warning(f"{len(unreadable)} landing objects are not readable Parquet: {unreadable[:10]}")
+    # The day's summary now covers these files: the sensors need not ask for them again.
+    FileLedger(warehouse).record(
+        context.asset_key.to_user_string(),
+        counted,
+        run_id=context.run.run_id,
+        partition_key=context.partition_key,
+    )
     return dg.MaterializeResult(
         metadata={
             "objects": sum(v["objects"] for v in stats.values()),

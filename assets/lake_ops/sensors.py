@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.lake_ops.assets import landing_arrivals
-from assets.shared.sensors import LakeRoute, day_of, lake_objects_sensor, s3_event_sensor
+from assets.shared.routes import LakeRoute, day_of
+from assets.shared.sensors import lake_objects_sensor, s3_event_sensor
 from resources import settings
 from resources.lake import Tier
 
@@ -22,8 +23,8 @@ landing_events_sensor = s3_event_sensor(
     "lake_ops_landing_events",
     [_ROUTE],
     queue_name=settings.landing_queue_name,
-    # Off by default: the listing sensor covers both lake modes; turn this on
-    # instead of it where the bucket's notifications feed the landing queue.
+    # Off by default: the listing sensor covers both lake modes. Both may run at once
+    # (they claim each object in the file ledger), e.g. with the lake in S3.
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Reads S3 event notifications for the landing tier from SQS.",
 )

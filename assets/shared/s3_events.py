@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+from assets.shared.sqs_sensor import MalformedMessage
 
-class MalformedNotification(ValueError):
+
+class MalformedNotification(MalformedMessage):
     """An SQS message that is not an S3 event notification."""
 
 
@@ -20,11 +22,6 @@ class S3Event:
     size: int
     etag: str
     sequencer: str
-
-    @property
-    def identity(self) -> str:
-        """Same for every delivery of one event, different for each new write of a key."""
-        return f"{self.bucket}/{self.key}@{self.sequencer}:{self.etag}"
 
     @property
     def is_created(self) -> bool:
@@ -54,7 +51,7 @@ def parse_message(body: str) -> list[S3Event]:
                     bucket=str(s3["bucket"]["name"]),
                     key=unquote_plus(str(obj["key"])),  # S3 URL-encodes keys in events
                     size=int(obj.get("size") or 0),
-                    etag=str(obj.get("eTag", "")),
+                    etag=str(obj.get("eTag", "")).strip('"'),  # as listings give it, unquoted
                     sequencer=str(obj.get("sequencer", "")),
                 )
             )

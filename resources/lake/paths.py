@@ -192,7 +192,8 @@ def parse_key(key: str) -> LakeKey:
         match = _PARTITION.match("/".join(middle))
         if not match:
             raise LakePathError(
-                f"lake key {key!r}: {'/'.join(middle)!r} is not year=YYYY/month=MM/day=DD[/hour=HH[/minute=MM]]"
+                f"lake key {key!r}: {'/'.join(middle)!r} is not"
+                " year=YYYY/month=MM/day=DD[/hour=HH[/minute=MM]]"
             )
         year, month, day_, hour, minute = match.groups()
         try:

@@ -43,6 +43,18 @@ class LakeObject:
     key: str
     size: int
     last_modified: datetime  # timezone-aware UTC
+    etag: str | None = None  # S3's ETag (no quotes); None where the listing does not give one
+
+
+def md5_etag(path: Path) -> str:
+    """What S3 reports as the ETag of a single-part upload of this file: its MD5, in hex."""
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -128,6 +140,10 @@ class LakeStorage(dg.ConfigurableResource, ABC):
     def key_from_notification(self, bucket: str, s3_key: str) -> str | None:
         """The lake key of an S3 event's object, or None if the object is not in this lake."""
         return None  # only an S3 lake receives S3 notifications
+
+    @abstractmethod
+    def etag(self, obj: LakeObject) -> str:
+        """The object's ETag as S3 would report it (the listing's, or the content's MD5)."""
 
     def scratch_dir(self) -> Path:
         """Local directory for files being written before they move into the lake."""
@@ -256,6 +272,20 @@ class LocalLake(LakeStorage):
     def uri(self, key: str) -> str:
         return str(self._root() / key)
 
+    def etag(self, obj: LakeObject) -> str:
+        if obj.etag:
+            return obj.etag
+        cache_key = (str(self._root()), obj.key, obj.size, obj.last_modified)
+        if cache_key not in _ETAGS:
+            if len(_ETAGS) > 50_000:
+                _ETAGS.clear()
+            _ETAGS[cache_key] = md5_etag(self._path(obj.key))
+        return _ETAGS[cache_key]
+
+
+# A file's MD5 is read once per (path, size, mtime) in a process (sensor ticks list the same files).
+_ETAGS: dict[tuple[str, str, int, datetime], str] = {}
+
 
 class S3Lake(LakeStorage):
     """The lake in an S3 bucket, optionally under a root prefix."""
@@ -306,7 +336,12 @@ class S3Lake(LakeStorage):
             self._bucket(), self._s3_key(prefix), since_last_modified=since, client=self.aws.client("s3")
         )
         objects = [
-            LakeObject(self._lake_key(o["Key"]), o.get("Size") or 0, o["LastModified"].astimezone(UTC))
+            LakeObject(
+                self._lake_key(o["Key"]),
+                o.get("Size") or 0,
+                o["LastModified"].astimezone(UTC),
+                str(o.get("ETag", "")).strip('"') or None,
+            )
             for o in listed
             if not is_hidden(o["Key"])
         ]
@@ -332,3 +367,13 @@ class S3Lake(LakeStorage):
 
     def uri(self, key: str) -> str:
         return f"s3://{self._bucket()}/{self._s3_key(key)}"
+
+    def etag(self, obj: LakeObject) -> str:
+        if obj.etag:
+            return obj.etag
+        head = self.aws.client("s3").head_object(Bucket=self._bucket(), Key=self._s3_key(obj.key))
+        return str(head["ETag"]).strip('"')
+
+    @property
+    def bucket_name(self) -> str:
+        return self._bucket()

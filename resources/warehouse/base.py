@@ -8,7 +8,9 @@ version of every query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 
@@ -40,11 +42,24 @@ class Warehouse(dg.ConfigurableResource, ABC):
     def table_exists(self, table: str) -> bool: ...
 
     @abstractmethod
-    def load(self, table: str, data: pa.Table, mode: LoadMode = "append") -> int:
+    def load(self, table: str, data: pa.Table, mode: LoadMode = "append", job_id: str | None = None) -> int:
         """Append data to table, or replace its contents (and schema); create it if missing.
 
-        Returns the number of rows loaded.
+        `job_id` names the load so the engine runs it at most once (BigQuery
+        load job ids; see resources.ledger); engines with transactions ignore
+        it and rely on the ledger row committed with the load. Returns the
+        number of rows loaded.
         """
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """An object with query/execute/load/merge/replace_where whose effects commit together.
+
+        This default runs each operation on its own (BigQuery: a load job is
+        not part of a multi-statement transaction), so callers make each step
+        idempotent; DuckDB overrides it with one real transaction.
+        """
+        yield self
 
     def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
         """Replace the rows matching a DuckDB-dialect predicate (a partition) with data.

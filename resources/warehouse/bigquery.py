@@ -87,7 +87,7 @@ class BigQueryWarehouse(Warehouse):
         return True
 
     # --- loading -----------------------------------------------------------
-    def load(self, table: str, data: pa.Table, mode: LoadMode = "append") -> int:
+    def load(self, table: str, data: pa.Table, mode: LoadMode = "append", job_id: str | None = None) -> int:
         from google.cloud import bigquery
 
         dispositions = {
@@ -99,7 +99,7 @@ class BigQueryWarehouse(Warehouse):
         table_id = self.table_id(table)
         with self.client() as client:
             self._ensure_dataset(client, table_id)
-            job = _load_parquet(client, table_id, data, dispositions[mode])
+            job = _load_parquet(client, table_id, data, dispositions[mode], job_id)
         return int(job.output_rows) if job.output_rows is not None else data.num_rows
 
     def merge(
@@ -152,7 +152,9 @@ class BigQueryWarehouse(Warehouse):
             client.create_dataset(dataset, exists_ok=True)
 
 
-def _load_parquet(client: Any, table_id: str, data: pa.Table, disposition: str) -> Any:
+def _load_parquet(
+    client: Any, table_id: str, data: pa.Table, disposition: str, job_id: str | None = None
+) -> Any:
     """Load an Arrow table through Parquet (no pandas round trip) and wait for the job."""
     import pyarrow.parquet as pq
     from google.cloud import bigquery
@@ -172,6 +174,16 @@ def _load_parquet(client: Any, table_id: str, data: pa.Table, disposition: str) 
         create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         parquet_options=parquet_options,
     )
-    job = client.load_table_from_file(buffer, table_id, job_config=config)
+    if job_id is None:
+        job = client.load_table_from_file(buffer, table_id, job_config=config)
+    else:
+        from google.api_core.exceptions import Conflict
+
+        try:
+            job = client.load_table_from_file(buffer, table_id, job_config=config, job_id=job_id)
+        except Conflict:
+            # This job id ran before (a re-delivered file, a re-run): BigQuery refuses it a
+            # second time, which is what makes the load exactly-once. Wait for the first.
+            job = client.get_job(job_id)
     job.result()
     return job

@@ -102,53 +102,29 @@ class DuckDBWarehouse(Warehouse):
         return bool(row and row[0])
 
     # --- loading -----------------------------------------------------------
-    def load(self, table: str, data: pa.Table, mode: LoadMode = "append") -> int:
-        if mode not in ("append", "replace"):
-            raise ValueError(f"load mode must be 'append' or 'replace', not {mode!r}")
-        target = quote_table(table)
+    def load(self, table: str, data: pa.Table, mode: LoadMode = "append", job_id: str | None = None) -> int:
+        table_parts(table)  # refuse a bad name before a database file is created
         with self._transaction() as con:
-            self._ensure_schema(con, table)
-            incoming = _register(con, data)
-            if mode == "replace":
-                con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {incoming}")
-            else:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
-                # BY NAME: columns match by name, so column order in the batch doesn't matter.
-                con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
-        return data.num_rows
+            return _load(con, table, data, mode)
 
     def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
-        target = quote_table(table)
+        table_parts(table)
         with self._transaction() as con:  # one transaction: the partition is never seen empty
-            self._ensure_schema(con, table)
-            incoming = _register(con, data)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
-            con.execute(f"DELETE FROM {target} WHERE {predicate}")
-            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
-        return data.num_rows
+            return _replace_where(con, table, data, predicate)
 
     def merge(
         self, table: str, data: pa.Table, keys: list[str], delete_column: str | None = None
     ) -> dict[str, int]:
-        import pyarrow.compute as pc
-
         batch = merge_batch(data, keys, delete_column)
-        columns = [c for c in batch.column_names if c != delete_column]
-        staging = _fresh_name()
-        statement = merge_sql(table, staging, keys, columns, delete_column)  # validates every name first
-        target = quote_table(table)
-        select = ", ".join(quote_identifier(c) for c in columns)
+        merge_sql(table, "staging", keys, batch.column_names, delete_column)  # validates every name first
         with self._transaction() as con:
-            self._ensure_schema(con, table)
-            con.register(staging, batch)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select} FROM {staging} LIMIT 0")
-            # RETURNING merge_action gives one row per row the MERGE touched: exact counts.
-            actions = con.sql(f"{statement}\nRETURNING merge_action").to_arrow_table()["merge_action"]
-        counts = {"inserted": 0, "updated": 0, "deleted": 0}
-        names = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}
-        for entry in pc.value_counts(actions).to_pylist():
-            counts[names[entry["values"]]] += entry["counts"]
-        return counts
+            return _merge(con, table, batch, keys, delete_column)
+
+    @contextmanager
+    def transaction(self) -> Iterator[DuckDBSession]:
+        """Several operations on one connection, committed together or not at all."""
+        with self._transaction() as con:
+            yield DuckDBSession(con)
 
     @staticmethod
     def _ensure_schema(con: Any, table: str) -> None:
@@ -156,6 +132,87 @@ class DuckDBWarehouse(Warehouse):
         if len(parts) > 1:
             schema = ".".join(f'"{part}"' for part in parts[:-1])  # parts are validated
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+
+
+class DuckDBSession:
+    """The warehouse operations, inside one open transaction (see DuckDBWarehouse.transaction)."""
+
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def query(self, sql: str) -> pa.Table:
+        return self.con.sql(sql).to_arrow_table()
+
+    def execute(self, sql: str) -> None:
+        self.con.execute(sql)
+
+    def load(self, table: str, data: pa.Table, mode: LoadMode = "append", job_id: str | None = None) -> int:
+        return _load(self.con, table, data, mode)
+
+    def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
+        return _replace_where(self.con, table, data, predicate)
+
+    def merge(
+        self, table: str, data: pa.Table, keys: list[str], delete_column: str | None = None
+    ) -> dict[str, int]:
+        return _merge(self.con, table, data, keys, delete_column)
+
+
+def _ensure_schema(con: Any, table: str) -> None:
+    parts = table_parts(table)
+    if len(parts) > 1:
+        schema = ".".join(f'"{part}"' for part in parts[:-1])  # parts are validated
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+
+
+def _load(con: Any, table: str, data: pa.Table, mode: LoadMode) -> int:
+    if mode not in ("append", "replace"):
+        raise ValueError(f"load mode must be 'append' or 'replace', not {mode!r}")
+    target = quote_table(table)
+    _ensure_schema(con, table)
+    incoming = _register(con, data)
+    if mode == "replace":
+        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {incoming}")
+    else:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
+        # BY NAME: columns match by name, so column order in the batch doesn't matter.
+        con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
+    return data.num_rows
+
+
+def _replace_where(con: Any, table: str, data: pa.Table, predicate: str) -> int:
+    target = quote_table(table)
+    _ensure_schema(con, table)
+    incoming = _register(con, data)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM {incoming} LIMIT 0")
+    con.execute(f"DELETE FROM {target} WHERE {predicate}")
+    con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
+    return data.num_rows
+
+
+def _merge(
+    con: Any, table: str, data: pa.Table, keys: list[str], delete_column: str | None
+) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    batch = merge_batch(data, keys, delete_column)
+    columns = [c for c in batch.column_names if c != delete_column]
+    staging = _fresh_name()
+    statement = merge_sql(table, staging, keys, columns, delete_column)  # validates every name first
+    target = quote_table(table)
+    select = ", ".join(quote_identifier(c) for c in columns)
+    _ensure_schema(con, table)
+    con.register(staging, batch)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {select} FROM {staging} LIMIT 0")
+    # RETURNING merge_action gives one row per row the MERGE touched: exact counts.
+    actions = con.sql(f"{statement}\nRETURNING merge_action").to_arrow_table()["merge_action"]
+    counts = {"inserted": 0, "updated": 0, "deleted": 0}
+    names = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}
+    for entry in pc.value_counts(actions).to_pylist():
+        counts[names[entry["values"]]] += entry["counts"]
+    return counts
 
 
 def _fresh_name() -> str:

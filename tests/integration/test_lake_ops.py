@@ -8,10 +8,13 @@ import pyarrow as pa
 
 from assets.lake_ops.assets import lake_inventory, lake_paths_follow_conventions, landing_arrivals
 from resources.lake import LakePartition, Tier
+from resources.ledger import FileLedger, FileRef
+from resources.warehouse import DuckDBWarehouse
 from services.demo_feed import demo_batch, write_one
 
 
-def test_landing_arrivals_counts_what_landed(lake):
+def test_landing_arrivals_counts_what_landed(lake, tmp_path):
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "wh.duckdb"))
     day = LakePartition(date(2026, 11, 23), 4)
     rng = random.Random(7)
     sizes = [rng.randint(5, 50) for _ in range(3)]
@@ -24,7 +27,8 @@ def test_landing_arrivals_counts_what_landed(lake):
     )
     lake.put_bytes(f"landing/demo/events/{day.path}/broken.parquet", b"not parquet")
 
-    result = dg.materialize([landing_arrivals], resources={"lake": lake}, partition_key="2026-11-23")
+    resources = {"lake": lake, "warehouse": warehouse}
+    result = dg.materialize([landing_arrivals], resources=resources, partition_key="2026-11-23")
     assert result.success
     meta = result.asset_materializations_for_node(landing_arrivals.op.name)[0].metadata
     assert meta["rows"].value == sum(sizes)
@@ -36,8 +40,13 @@ def test_landing_arrivals_counts_what_landed(lake):
     assert summary.to_pylist()[0]["rows"] == sum(sizes)
 
     # Re-running the partition replaces its summary rather than adding a second one.
-    assert dg.materialize([landing_arrivals], resources={"lake": lake}, partition_key="2026-11-23").success
+    assert dg.materialize([landing_arrivals], resources=resources, partition_key="2026-11-23").success
     assert len(lake.parquet_keys(Tier.CURATED, "lake_ops", "landing_arrivals")) == 1
+
+    # The day's four files are in the file ledger, so the sensors do not ask for them again.
+    listed = [o for o in lake.list_objects("landing/") if "/day=23/" in o.key]
+    refs = [FileRef(o.key, lake.etag(o)) for o in listed]
+    assert len(FileLedger(warehouse).applied("lake_ops/landing_arrivals", refs)) == 4
 
 
 def test_inventory_and_conventions_check(local_lake):

@@ -1,125 +1,323 @@
-"""The two sensor building blocks on real local services (moto server, local directory)."""
+"""The sensor building blocks on real local services: a moto server (S3 with event
+notifications to SQS), a local-directory lake, a DuckDB ledger and a Dagster instance.
+
+Runs are made the way the daemon makes them: `materialize()` with the request's run
+key, partition and assets, on the same instance the sensor looks at. Each asset
+applies the files of its partition that the ledger has not seen and records them.
+"""
 
 import json
+import time
 from datetime import date
-from urllib.parse import unquote_plus
 
 import dagster as dg
 import pyarrow as pa
 import pytest
 
-from assets.shared.sensors import LakeRoute, day_of, lake_objects_sensor, s3_event_sensor
-from resources.lake import LakePartition, S3Lake, Tier
-from services.aws_bootstrap import ensure_bucket_notifications
+from assets.shared.routes import BucketRoute, LakeRoute, day_of
+from assets.shared.sensors import RUN_KEY_TAG, lake_objects_sensor, s3_event_sensor
+from resources.lake import LakePartition, LakeStorage, S3Lake, Tier
+from resources.ledger import FileLedger, FileRef
+from resources.warehouse import DuckDBWarehouse, Warehouse
+from services.aws_bootstrap import ensure_bucket_notifications, ensure_queue
 
-HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00")
-
-
-@dg.asset(key=["demo", "events_hourly"], partitions_def=HOURLY)
-def events_hourly() -> None: ...
-
-
-@dg.asset(key=["demo", "events_daily"], partitions_def=dg.DailyPartitionsDefinition(start_date="2026-01-01"))
-def events_daily() -> None: ...
+DAILY = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+DAY = LakePartition(date(2026, 11, 23), 7)
+TABLES = [f"t{i:02d}" for i in range(40)]
 
 
-def _tick(sensor, cursor, **resources):
-    with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
-        return sensor(context)
+def _table_asset(table: str) -> dg.AssetsDefinition:
+    @dg.asset(key=["cdc", table], partitions_def=DAILY)
+    def _asset(context: dg.AssetExecutionContext, lake: LakeStorage, warehouse: Warehouse) -> None:
+        prefix = f"landing/cdc/{table}/"
+        day = LakePartition.from_key(context.partition_key, DAILY)
+        refs = [
+            FileRef(o.key, lake.etag(o))
+            for o in lake.list_objects(prefix)
+            if o.key.startswith(f"{prefix}{day.path}/")
+        ]
+        ledger = FileLedger(warehouse)
+        pending = ledger.pending(context.asset_key.to_user_string(), refs)
+        ledger.record(context.asset_key.to_user_string(), pending, run_id=context.run.run_id)
+
+    return _asset
+
+
+ASSETS = [_table_asset(t) for t in TABLES]
+ROUTES = [LakeRoute.for_asset(a, Tier.LANDING, "cdc", t) for a, t in zip(ASSETS, TABLES, strict=True)]
+TARGETS = [a.key.to_user_string() for a in ASSETS]
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def warehouse(tmp_path) -> DuckDBWarehouse:
+    return DuckDBWarehouse(path=str(tmp_path / "wh.duckdb"))
 
 
 @pytest.fixture
 def notified_lake(local_aws, s3_bucket):
     queue = f"{s3_bucket}-events"
     ensure_bucket_notifications(local_aws, s3_bucket, queue, prefix="landing/")
-    lake = S3Lake(aws=local_aws, bucket=s3_bucket)
     sqs = local_aws.client("sqs")
-    return lake, queue, sqs, sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    _drain_test_events(sqs, url)
+    return S3Lake(aws=local_aws, bucket=s3_bucket), queue, sqs, url
 
 
-def test_s3_event_on_sqs_requests_the_right_partition_once(local_aws, notified_lake):
-    lake, queue, sqs, queue_url = notified_lake
-    sensor = s3_event_sensor(
-        "demo_events",
-        [LakeRoute(events_daily.key, Tier.LANDING, "demo", "events", partition_key=day_of)],
-        queue_name=lambda: queue,
-    )
-    key = lake.write_parquet(
-        pa.table({"x": [1]}), Tier.LANDING, "demo", "events", LakePartition(date(2026, 11, 23), 7)
-    )
-    # Peek at the notification S3 delivered (beside S3's test event), to deliver it again later.
-    peeked = sqs.receive_message(
-        QueueUrl=queue_url, VisibilityTimeout=0, WaitTimeSeconds=1, MaxNumberOfMessages=10
-    )["Messages"]
-    delivered = next(m for m in peeked if "Records" in json.loads(m["Body"]))
-    assert unquote_plus(json.loads(delivered["Body"])["Records"][0]["s3"]["object"]["key"]) == key
-
-    first = _tick(sensor, None, aws=local_aws, lake=lake)
-    assert isinstance(first, dg.SensorResult)
-    assert len(first.run_requests) == 1
-    request = first.run_requests[0]
-    assert request.asset_selection == [events_daily.key]
-    assert request.partition_key == "2026-11-23"
-    assert request.tags["lake/first_key"] == key
-    assert "Messages" not in sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0)
-
-    sqs.send_message(QueueUrl=queue_url, MessageBody=delivered["Body"])  # SQS redelivers the event
-    second = _tick(sensor, first.cursor, aws=local_aws, lake=lake)
-    assert isinstance(second, dg.SensorResult)
-    assert second.run_requests == []
-    assert "Messages" not in sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0)
+def _drain_test_events(sqs, url):
+    """S3 sends an s3:TestEvent when notifications are configured; take it off the queue."""
+    for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        if "s3:TestEvent" in message["Body"]:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_malformed_message_stays_for_the_dead_letter_queue(local_aws, notified_lake):
-    lake, queue, sqs, queue_url = notified_lake
-    sensor = s3_event_sensor(
-        "demo_events",
-        [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")],
-        queue_name=lambda: queue,
-    )
-    sqs.send_message(QueueUrl=queue_url, MessageBody="not an s3 event")
-    key = lake.write_parquet(
-        pa.table({"x": [1]}), Tier.LANDING, "demo", "events", LakePartition(date(2026, 11, 23), 9)
-    )
-    result = _tick(sensor, None, aws=local_aws, lake=lake)
-    assert [(r.partition_key, r.tags["lake/first_key"]) for r in result.run_requests] == [
-        ("2026-11-23-09:00", key)
-    ]
-    # Not deleted: in flight until its visibility timeout, then back, until the redrive policy moves it.
-    counts = sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+def _write(lake: LakeStorage, table: str, value: int = 1) -> str:
+    return lake.write_parquet(pa.table({"x": [value]}), Tier.LANDING, "cdc", table, DAY)
+
+
+def _tick(sensor, instance, cursor=None, **resources):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return sensor(context)
+
+
+def _requests(result) -> list[dg.RunRequest]:
+    return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+
+def _launch(requests, instance, lake, warehouse) -> None:
+    """What the daemon does with a tick's run requests."""
+    for request in requests:
+        outcome = dg.materialize(
+            ASSETS,
+            selection=request.asset_selection,
+            partition_key=request.partition_key,
+            instance=instance,
+            tags={RUN_KEY_TAG: request.run_key, **request.tags},
+            resources={"lake": lake, "warehouse": warehouse},
+        )
+        assert outcome.success
+
+
+def _queue_counts(sqs, url) -> tuple[int, int]:
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
-    assert counts == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "1"}
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_listing_sensor_requests_each_partition_once(lake):
-    sensor = lake_objects_sensor(
-        "demo_listing", [LakeRoute(events_hourly.key, Tier.LANDING, "demo", "events")]
-    )
-    h7, h8 = LakePartition(date(2026, 11, 23), 7), LakePartition(date(2026, 11, 23), 8)
-    for partition in (h7, h7, h8):
-        lake.write_parquet(pa.table({"x": [1]}), Tier.LANDING, "demo", "events", partition)
-    lake.put_bytes("landing/demo/events/not-a-partition/x.parquet", b"junk")  # breaks the conventions
+def _applied(warehouse, lake) -> dict[str, set[str]]:
+    ledger = FileLedger(warehouse)
+    found = {}
+    for table, target in zip(TABLES, TARGETS, strict=True):
+        refs = [FileRef(o.key, lake.etag(o)) for o in lake.list_objects(f"landing/cdc/{table}/")]
+        found[target] = ledger.applied(target, refs)
+    return found
 
-    first = _tick(sensor, None, lake=lake)
-    assert sorted((r.partition_key, r.tags["lake/objects"]) for r in first.run_requests) == [
-        ("2026-11-23-07:00", "2"),
-        ("2026-11-23-08:00", "1"),
+
+def test_forty_tables_with_new_files_in_one_tick_give_one_run(local_aws, notified_lake, instance, warehouse):
+    lake, queue, sqs, url = notified_lake
+    events = s3_event_sensor("cdc_events", ROUTES, queue_name=lambda: queue, visibility_timeout=1)
+    keys = [_write(lake, t) for t in TABLES]
+
+    first = _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse))
+    assert len(first) == 1
+    assert sorted(k.to_user_string() for k in first[0].asset_selection) == sorted(TARGETS)
+    assert first[0].partition_key == "2026-11-23"
+    assert first[0].tags["lake/objects"] == "40"
+    # Not deleted in the tick that asked for the run: the run does not exist yet.
+    assert sum(_queue_counts(sqs, url)) == 40
+
+    _launch(first, instance, lake, warehouse)
+    time.sleep(1.2)  # the messages come back after their visibility timeout
+    second = _tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)
+    assert _requests(second) == []
+    assert _queue_counts(sqs, url) == (0, 0)  # now deleted: their run exists
+    applied = _applied(warehouse, lake)
+    assert sum(len(v) for v in applied.values()) == 40
+    assert {k for v in applied.values() for k in v} == {
+        f"{k}@{lake.etag(o)}" for k, o in _objects(lake, keys)
+    }
+
+
+def _objects(lake, keys):
+    listed = {o.key: o for o in lake.list_objects("landing/")}
+    return [(k, listed[k]) for k in keys]
+
+
+def test_listing_and_event_sensors_together_request_each_object_once(
+    local_aws, notified_lake, instance, warehouse
+):
+    lake, queue, sqs, url = notified_lake
+    events = s3_event_sensor("cdc_events", ROUTES, queue_name=lambda: queue, visibility_timeout=1)
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/")
+    requested: list[dg.RunRequest] = []
+    listing_cursor = None
+
+    for round_ in range(3):
+        # New files each round; the two sensors tick in alternating order, as two daemon threads would.
+        for table in TABLES[round_ * 10 : round_ * 10 + 12]:
+            _write(lake, table, round_)
+        order = ["events", "listing"] if round_ % 2 == 0 else ["listing", "events"]
+        for name in order:
+            if name == "events":
+                result = _tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)
+            else:
+                result = _tick(listing, instance, listing_cursor, lake=lake, warehouse=warehouse)
+                listing_cursor = result.cursor
+            new = _requests(result)
+            requested += new
+            _launch(new, instance, lake, warehouse)
+        time.sleep(1.2)
+
+    final_events = _tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)
+    final_listing = _tick(listing, instance, listing_cursor, lake=lake, warehouse=warehouse)
+    assert _requests(final_events) == [] and _requests(final_listing) == []
+
+    files = lake.list_objects("landing/cdc/")
+    assert len(files) == 36
+    assert sum(int(r.tags["lake/objects"]) for r in requested) == len(files)  # each object requested once
+    assert len({r.run_key for r in requested}) == len(requested)
+    assert sum(len(v) for v in _applied(warehouse, lake).values()) == len(files)
+    assert _queue_counts(sqs, url) == (0, 0)
+
+
+def test_daemon_killed_before_the_runs_exist_loses_no_file(local_aws, notified_lake, instance, warehouse):
+    lake, queue, sqs, url = notified_lake
+    events = s3_event_sensor("cdc_events", ROUTES, queue_name=lambda: queue, visibility_timeout=1)
+    for table in TABLES[:5]:
+        _write(lake, table)
+
+    decided = _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse))
+    assert len(decided) == 1
+    # The daemon dies here: the tick's requests never become runs. Nothing was deleted.
+    assert sum(_queue_counts(sqs, url)) == 5
+
+    time.sleep(1.2)
+    again = _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse))
+    assert [(r.run_key, r.partition_key, sorted(map(str, r.asset_selection))) for r in again] == [
+        (decided[0].run_key, decided[0].partition_key, sorted(map(str, decided[0].asset_selection)))
     ]
-    assert isinstance(_tick(sensor, first.cursor, lake=lake), dg.SkipReason)
+    _launch(again, instance, lake, warehouse)
 
-    lake.write_parquet(pa.table({"x": [2]}), Tier.LANDING, "demo", "events", h8)
-    third = _tick(sensor, first.cursor, lake=lake)
-    assert [r.partition_key for r in third.run_requests] == ["2026-11-23-08:00"]
-    assert third.run_requests[0].run_key != first.run_requests[1].run_key
+    time.sleep(1.2)
+    assert _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)) == []
+    assert _queue_counts(sqs, url) == (0, 0)
+    assert sum(len(v) for v in _applied(warehouse, lake).values()) == 5
 
 
-def test_run_keys_are_deterministic(local_lake):
-    sensor = lake_objects_sensor("demo_listing", [LakeRoute(events_hourly.key, Tier.LANDING, "demo")])
-    local_lake.write_parquet(
-        pa.table({"x": [1]}), Tier.LANDING, "demo", "events", LakePartition(date(2026, 11, 23), 7)
+def test_listing_sensor_re_requests_a_run_that_never_appeared(local_lake, instance, warehouse):
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/")
+    for table in TABLES[:3]:
+        _write(local_lake, table)
+    first = _tick(listing, instance, lake=local_lake, warehouse=warehouse)
+    assert len(_requests(first)) == 1
+    # Lost: the cursor moved past the files, but their claim has no run.
+    second = _tick(listing, instance, first.cursor, lake=local_lake, warehouse=warehouse)
+    assert [r.run_key for r in _requests(second)] == [_requests(first)[0].run_key]
+    _launch(_requests(second), instance, local_lake, warehouse)
+    third = _tick(listing, instance, second.cursor, lake=local_lake, warehouse=warehouse)
+    assert _requests(third) == []
+    assert sum(len(v) for v in _applied(warehouse, local_lake).values()) == 3
+
+
+def test_listing_backstop_requests_files_the_ledger_never_saw(local_lake, instance, warehouse):
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/", reconcile_every_seconds=0)
+    _write(local_lake, "t00")
+    first = _tick(listing, instance, lake=local_lake, warehouse=warehouse)
+    _launch(_requests(first), instance, local_lake, warehouse)
+    # A file whose notification and listing were both missed: the cursor is already past its time.
+    state = json.loads(first.cursor)
+    state["listing"] = {"last_modified": "2999-01-01T00:00:00+00:00", "keys": []}
+    missed = _write(local_lake, "t01")
+    second = _tick(listing, instance, json.dumps(state), lake=local_lake, warehouse=warehouse)
+    assert [(r.tags["lake/first_key"], r.tags["lake/objects"]) for r in _requests(second)] == [(missed, "1")]
+
+
+def test_redelivered_event_requests_nothing(local_aws, notified_lake, instance, warehouse):
+    lake, queue, sqs, url = notified_lake
+    events = s3_event_sensor("cdc_events", ROUTES[:1], queue_name=lambda: queue, visibility_timeout=1)
+    _write(lake, "t00")
+    peeked = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, WaitTimeSeconds=1)["Messages"]
+    body = peeked[0]["Body"]
+    first = _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse))
+    _launch(first, instance, lake, warehouse)
+    sqs.send_message(QueueUrl=url, MessageBody=body)  # SQS delivers the same event again
+    time.sleep(1.2)
+    assert _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)) == []
+    assert _queue_counts(sqs, url) == (0, 0)
+
+
+def _s3_event(bucket: str, key: str) -> str:
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 10, "eTag": "abc"}},
+                }
+            ]
+        }
     )
-    keys = [r.run_key for r in _tick(sensor, None, lake=local_lake).run_requests]
-    again = [r.run_key for r in _tick(sensor, None, lake=local_lake).run_requests]
-    assert keys == again and len(keys) == 1
+
+
+def test_message_from_an_unrouted_bucket_stays_for_the_dead_letter_queue(
+    local_aws, instance, warehouse, tmp_path
+):
+    from resources.lake import LocalLake
+
+    queue = f"q-{tmp_path.name[-12:]}".replace("_", "-")
+    url = ensure_queue(local_aws, queue)
+    sqs = local_aws.client("sqs")
+    dlq_url = sqs.get_queue_url(QueueName=f"{queue}-dlq")["QueueUrl"]
+    lake = LocalLake(root=str(tmp_path / "lake"))
+    events = s3_event_sensor("cdc_events", ROUTES, queue_name=lambda: queue, visibility_timeout=1)
+    sqs.send_message(QueueUrl=url, MessageBody=_s3_event("someone-elses-bucket", "x/y.parquet"))
+    sqs.send_message(QueueUrl=url, MessageBody="not an s3 event")
+
+    for _ in range(7):  # beyond the redrive policy's maxReceiveCount (5)
+        assert _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse)) == []
+        time.sleep(1.1)
+    assert _queue_counts(sqs, url) == (0, 0)
+    dead = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(m["Body"][:20] for m in dead) == sorted(
+        [_s3_event("someone-elses-bucket", "x/y.parquet")[:20], "not an s3 event"]
+    )
+
+
+def test_routed_other_bucket_requests_its_asset(local_aws, notified_lake, instance, warehouse):
+    lake, queue, sqs, url = notified_lake
+    dms_bucket = f"{lake.bucket_name}-dms"
+    route = BucketRoute(
+        dms_bucket, "cdc/shop/", ASSETS[0].key, partition_key=lambda key: "2026-11-23", partitions_def=DAILY
+    )
+    events = s3_event_sensor(
+        "cdc_events", ROUTES, queue_name=lambda: queue, bucket_routes=[route], visibility_timeout=1
+    )
+    sqs.send_message(QueueUrl=url, MessageBody=_s3_event(dms_bucket, "cdc/shop/orders/20261123-0700.parquet"))
+    requests = _requests(_tick(events, instance, aws=local_aws, lake=lake, warehouse=warehouse))
+    assert [(r.asset_selection, r.partition_key, r.tags["lake/first_key"]) for r in requests] == [
+        ([ASSETS[0].key], "2026-11-23", f"s3://{dms_bucket}/cdc/shop/orders/20261123-0700.parquet")
+    ]
+
+
+def test_listing_groups_hourly_files_into_their_day_and_keys_are_deterministic(
+    local_lake, instance, warehouse
+):
+    route = LakeRoute(ASSETS[0].key, Tier.LANDING, "cdc", "t00", partition_key=day_of)
+    listing = lake_objects_sensor("cdc_listing", [route])
+    for hour in (7, 8):
+        local_lake.write_parquet(
+            pa.table({"x": [1]}), Tier.LANDING, "cdc", "t00", LakePartition(date(2026, 11, 23), hour)
+        )
+    local_lake.put_bytes("landing/cdc/t00/not-a-partition/x.parquet", b"junk")  # breaks the conventions
+    first = _requests(_tick(listing, instance, lake=local_lake, warehouse=warehouse))
+    assert [(r.partition_key, r.tags["lake/objects"]) for r in first] == [("2026-11-23", "2")]
+    other = DuckDBWarehouse(path=str(warehouse.database_path()) + ".2")
+    assert [r.run_key for r in _requests(_tick(listing, instance, lake=local_lake, warehouse=other))] == [
+        first[0].run_key
+    ]
