@@ -22,10 +22,12 @@ Two tables in the warehouse:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -79,6 +81,21 @@ def _is_conflict(exc: Exception) -> bool:
     return "constraint" in text or "conflict" in text or "duplicate key" in text
 
 
+R = TypeVar("R")
+
+
+def _retry_conflicts(operation: Callable[[], R], attempts: int = 8) -> R:
+    """Run operation, again after a short pause when a concurrent writer conflicted with it."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except Exception as exc:
+            if attempt == attempts - 1 or not _is_conflict(exc):
+                raise
+            time.sleep(0.02 * 2**attempt + random.random() * 0.02)
+    raise AssertionError("unreachable")
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -128,6 +145,8 @@ class FileLedger:
         """
         if not refs:
             return 0
+        if session is None:
+            self._ensure_tables()
         db = session if session is not None else self.warehouse
         fresh = [r for r in sorted(set(refs)) if r.identity not in self._applied_in(db, target, refs)]
         if fresh:
@@ -174,19 +193,13 @@ class FileLedger:
         """
         if not items:
             return []
-        for attempt in range(5):
-            try:
-                return self._hold(target, items, sensor)
-            except Exception as exc:  # a concurrent claim of the same file: look again
-                if attempt == 4 or not _is_conflict(exc):
-                    raise
-        return []
+        self._ensure_tables()
+        return _retry_conflicts(lambda: self._hold(target, items, sensor))
 
     def _hold(self, target: str, items: Sequence[tuple[FileRef, str | None, str]], sensor: str) -> list[str]:
         import pyarrow as pa
 
         with self.warehouse.transaction() as db:
-            self._create(db)
             identities = [ref.identity for ref, _, _ in items]
             taken = self._claimed_in(db, target, identities)
             fresh = [(ref, part, key) for ref, part, key in items if ref.identity not in taken]
@@ -244,6 +257,18 @@ class FileLedger:
                     )
 
     # --- helpers ------------------------------------------------------------------
+    def _ensure_tables(self) -> None:
+        """Create the ledger's tables in a transaction of their own (two writers may race to)."""
+        if getattr(self, "_tables_ready", False):
+            return
+
+        def create() -> None:
+            with self.warehouse.transaction() as db:
+                self._create(db)
+
+        _retry_conflicts(create)
+        self._tables_ready = True
+
     def _create(self, db: Any) -> None:
         # DuckDB enforces the key, so two writers racing for one file cannot both commit;
         # BigQuery has no enforced keys (its load job ids do that job there).
