@@ -36,7 +36,7 @@ def test_hourly_objects_feed_their_day_and_every_matching_route():
 
 def test_unpartitioned_object_for_a_partitioned_asset_is_refused_by_name():
     route = LakeRoute(ORDERS, Tier.LANDING, "shop", partitions_def=DAILY)
-    with pytest.raises(LakePathError, match="landing/shop/orders/a.parquet"):
+    with pytest.raises(LakePathError, match=r"landing/shop/orders/a\.parquet"):
         lake_arrivals("landing/shop/orders/a.parquet", "e", [route])
 
 
