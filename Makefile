@@ -22,3 +22,4 @@ bench:                  ## benchmarks, with the peers they compare against
 	uv sync --group bench
 	uv run python benchmarks/code_location_load.py
 	uv run python benchmarks/extract_postgres.py
+	uv run python benchmarks/sensor_run_latency.py
