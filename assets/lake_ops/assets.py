@@ -6,14 +6,15 @@ from datetime import timedelta
 
 import dagster as dg
 
-from assets.shared.conventions import domain_asset_args
+from assets.shared.automation import parents_materialized
+from assets.shared.conventions import PARTITIONS_START, domain_asset_args
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.paths import LakePathError, parse_key
 from resources.ledger import FileLedger, FileRef
 from resources.warehouse import Warehouse
 
 DOMAIN = "lake_ops"
-daily = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
+daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
 
 
 def _parquet_rows(lake: LakeStorage, key: str) -> int | None:
@@ -93,9 +94,10 @@ def landing_arrivals(
 
 
 # eager() would wait for every day of landing_arrivals to exist; the inventory
-# should refresh after any day's arrivals instead.
+# should refresh after any day's arrivals instead (once some day has arrived at all).
 _REFRESH_AFTER_ARRIVALS = (
     (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & parents_materialized()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("after new arrivals")

@@ -14,7 +14,7 @@ from assets.migration.loads import dataset_name, load_cleansed, load_raw, source
 from assets.migration.profile import histogram_png, markdown, numeric_columns, profile_table
 from assets.migration.publish import create_view, publish, view_name, warehouse_table
 from assets.migration.registry import SourceSystem, TableSpec, ViewSpec
-from assets.shared.automation import after_parent_updates, daily_at
+from assets.shared.automation import after_parent_updates, daily_at, initial_load, observe_every
 from assets.shared.conventions import domain_asset_args
 from assets.shared.load_status import record_status
 from resources.lake import Grain, LakePartition, LakeStorage
@@ -22,6 +22,7 @@ from resources.profiles import sql_source
 from resources.sql_source import SqlSource
 
 LOAD_CRON = "0 2 * * *"  # nightly, after the on-prem batch window
+OBSERVE_CRON = "*/15 * * * *"  # source row counts and watermarks, besides once on the first start
 RAW_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
 )
@@ -44,6 +45,12 @@ def partitions_def(table: TableSpec) -> dg.PartitionsDefinition | None:
     if table.partition_grain == Grain.MONTH:
         return dg.MonthlyPartitionsDefinition(start_date=table.partition_start.isoformat(), end_offset=1)
     return None
+
+
+def raw_automation(table: TableSpec) -> dg.AutomationCondition:
+    """Nightly at LOAD_CRON, and the first load of whatever was never loaded (within retention)."""
+    within = timedelta(days=table.retention_days) if table.retention_days else None
+    return daily_at(LOAD_CRON) | initial_load(within)
 
 
 def run_partitions(context: dg.AssetExecutionContext, table: TableSpec) -> list[LakePartition] | None:
@@ -112,6 +119,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
                 source_key,
                 description=f"{table.description} Source table {table.source_table} in {source.name} "
                 "(observed: row count and max watermark).",
+                automation_condition=observe_every(OBSERVE_CRON),
                 **common,
             )
         ],
@@ -137,7 +145,7 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         description=f"{table.description} Raw tier: as extracted, load mode {table.load_mode.value}.",
         required_resource_keys={resource_key, "lake", "warehouse"},
         check_specs=check_specs,
-        automation_condition=daily_at(LOAD_CRON),
+        automation_condition=raw_automation(table),
         kinds={"parquet", "sql"},
         freshness_policy=RAW_FRESHNESS,
         **common,
@@ -277,6 +285,26 @@ def build_view_asset(source: SourceSystem, view: ViewSpec) -> dg.AssetsDefinitio
     return _view
 
 
+def observation_sensor_name(source: SourceSystem) -> str:
+    return f"{DOMAIN}_{source.name}_source_observation"
+
+
+def build_observation_sensor(source: SourceSystem) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates the source assets' observe_every() condition.
+
+    The platform's automation sensor targets AssetSelection.all(), which leaves
+    observable source assets out, so the sources get a sensor of their own (no
+    asset is evaluated by both).
+    """
+    return dg.AutomationConditionSensorDefinition(
+        observation_sensor_name(source),
+        target=dg.AssetSelection.assets(*(table_key(source, t, "source") for t in source.tables)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+        description=f"Observes the source tables of {source.name} on the first start and every 15 minutes.",
+    )
+
+
 def build_source_defs(source: SourceSystem) -> dg.Definitions:
     assets: list = []
     for table in source.tables:
@@ -284,5 +312,6 @@ def build_source_defs(source: SourceSystem) -> dg.Definitions:
     assets.extend(build_view_asset(source, view) for view in source.views)
     return dg.Definitions(
         assets=assets,
+        sensors=[build_observation_sensor(source)],
         resources={source_resource_key(source): sql_source(source.url_env, source.local_url)},
     )

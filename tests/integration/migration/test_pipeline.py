@@ -23,10 +23,10 @@ from resources.sql_source import SqlSource
 from resources.warehouse import DuckDBWarehouse
 from services.generators.card_db import apply_day2, generate
 
-END = date(2026, 3, 5)
+END = date(2026, 11, 5)
 # Transactions in the generated source; MIGRATION_TEST_SCALE=1000000 runs the same test at 1M rows.
 SCALE = int(os.environ.get("MIGRATION_TEST_SCALE", "20000"))
-FIRST = "2026-03-01"
+FIRST = "2026-11-01"
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_initial_load_day2_pii_and_erasure(env):
     # Day 2: inserts, updates, deletes and a new day of transactions; every mode lands exactly.
     changes = apply_day2(db.url, seed=7)
     assert changes["customers"]["updated"] > 0 and changes["customers"]["deleted"] > 0
-    checks = _load_everything(source, assets, resources, "2026-03-06")
+    checks = _load_everything(source, assets, resources, "2026-11-06")
     assert all(c.passed for c in checks)
     _assert_raw_equals_source(source, lake, db)
     wh_rows = warehouse.query(
