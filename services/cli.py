@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SQLAlchemy URL (default: the registry's url_env, $ONPREM_CARD_DB_URL, or its local_url)",
     )
     p_card.add_argument("--scale", type=int, default=100_000, help="card transactions to generate")
-    p_card.add_argument("--days", type=int, default=30, help="days of transactions")
+    p_card.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="days of transactions (default: from the registry's partition_start to the end date)",
+    )
     p_card.add_argument(
         "--end-date", default=None, help="last day of transactions, YYYY-MM-DD (default: yesterday)"
     )
@@ -48,6 +53,27 @@ def main(argv: list[str] | None = None) -> int:
     p_erase.add_argument("--source", required=True, help="source system name in the migration registry")
     p_erase.add_argument("--id", required=True, help="the customer's id (the source's subject_column)")
     p_erase.add_argument("--requested-by", required=True, help="who asked, for the audit log")
+
+    p_mat = sub.add_parser(
+        "materialize",
+        help="materialize assets (a partition, or a range as a backfill) into the local stack's instance",
+    )
+    p_mat.add_argument(
+        "--select",
+        required=True,
+        help="asset keys or a selection, comma-separated, e.g. migration/card_db/raw/customers",
+    )
+    one = p_mat.add_mutually_exclusive_group()
+    one.add_argument("--partition", default=None, help="one partition key")
+    one.add_argument("--from", dest="first", default=None, help="first partition key of a range")
+    p_mat.add_argument("--to", dest="last", default=None, help="last partition key of a range (with --from)")
+    p_mat.add_argument("--lake", choices=["dir", "s3"], default="dir", help="as for `dp up`")
+    p_mat.add_argument("--moto-port", type=int, default=DEFAULT_MOTO_PORT)
+    # The range's runs, executed inside the stack's environment (dp materialize calls this).
+    p_range = sub.add_parser("_materialize-range")
+    p_range.add_argument("--select", required=True)
+    p_range.add_argument("--from", dest="first", required=True)
+    p_range.add_argument("--to", dest="last", required=True)
 
     args = parser.parse_args(argv)
     if args.command == "up":
@@ -92,11 +118,24 @@ def main(argv: list[str] | None = None) -> int:
             result: dict = apply_day2(url, seed=args.seed, share=args.share, progress=True)
         else:
             end = date.fromisoformat(args.end_date) if args.end_date else None
-            result = generate(url, args.scale, days=args.days, end_date=end, seed=args.seed, progress=True)
+            days = args.days
+            if days is None:  # the registry's window: partition_start (within retention) to yesterday
+                from services.demo_sources import demo_window
+
+                first, last = demo_window(source_location())
+                end = end or last
+                days = max(1, (end - first).days + 1)
+            result = generate(url, args.scale, days=days, end_date=end, seed=args.seed, progress=True)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "erase-customer":
         return _erase_customer(args.source, args.id, args.requested_by)
+    if args.command == "materialize":
+        if (args.first is None) != (args.last is None):
+            parser.error("--from and --to go together")
+        return _materialize(args.select, args.partition, args.first, args.last, args.lake, args.moto_port)
+    if args.command == "_materialize-range":
+        return _materialize_range(args.select, args.first, args.last)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -120,8 +159,103 @@ def _erase_customer(source_name: str, subject: str, requested_by: str) -> int:
     )
     for r in removals:
         print(f"removed {r.rows} rows of {r.table} from {r.location}")
+    if not removals:
+        # Exit 1: nothing was erased, most likely a wrong id (or a customer not loaded yet); a
+        # script must not take that for an erasure. The request itself is still in the audit log.
+        print(
+            f"dp: customer {subject!r} not found: no row of it in any lake tier or warehouse table of "
+            f"{source_name}; nothing erased; the request is recorded in the audit log "
+            f"(hash {subject_hash[:12]}...)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"erased customer (hash {subject_hash[:12]}...) from {len(removals)} locations; audit recorded")
     return 0
+
+
+DEFINITIONS_FILE = "platform/definitions.py"
+
+
+def _materialize(
+    select: str, partition: str | None, first: str | None, last: str | None, lake: str, moto_port: int
+) -> int:
+    """Run `dagster asset materialize` (or the range's runs) with the local stack's environment, so
+    the runs land in the stack's instance (var/dagster_home) and show in its UI."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from resources import settings
+    from services.stack import ensure_dagster_db, stack_env
+
+    env = stack_env("local-s3" if lake == "s3" else "local", moto_port)
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # as `dp up` makes it; a running stack's copy stays
+        shutil.copyfile(settings.PROJECT_ROOT / "platform" / "dagster.yaml", home / "dagster.yaml")
+    ensure_dagster_db(env["DAGSTER_PG_DB"])
+    bin_dir = Path(sys.executable).parent
+    if first is not None and last is not None:
+        cmd = [str(bin_dir / "python"), "-m", "services.cli", "_materialize-range"]
+        cmd += ["--select", select, "--from", first, "--to", last]
+    else:
+        cmd = [str(bin_dir / "dagster"), "asset", "materialize", "-f", DEFINITIONS_FILE, "--select", select]
+        cmd += ["--partition", partition] if partition else []
+    return subprocess.run(cmd, cwd=settings.PROJECT_ROOT, env=env, check=False).returncode
+
+
+def _materialize_range(select: str, first: str, last: str) -> int:
+    """A range of partitions in as few runs as the selected assets' BackfillPolicy allows.
+
+    `dagster asset materialize --partition-range` takes only single-run assets; the raw and
+    cleansed tiers have BackfillPolicy.multi_run(31), so this does what that command does, one
+    run per chunk of the range, each tagged with its range like a backfill's runs.
+    """
+    import dagster as dg
+    from dagster._cli.workspace.cli_target import (
+        PythonPointerOpts,
+        get_repository_python_origin_from_cli_opts,
+    )
+    from dagster._core.definitions.backfill_policy import BackfillPolicyType
+    from dagster._core.origin import JobPythonOrigin
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
+
+    origin = get_repository_python_origin_from_cli_opts(PythonPointerOpts(python_file=DEFINITIONS_FILE))
+    repo = recon_repository_from_origin(origin).get_definition()
+    keys = dg.AssetSelection.from_coercible(select.split(",")).resolve(repo.asset_graph)
+    job = repo.get_implicit_job_def_for_assets(keys)
+    if job is None:
+        print("dp: the selected assets must share one PartitionsDefinition", file=sys.stderr)
+        return 2
+    nodes = [repo.asset_graph.get(k) for k in keys]
+    partitions_def = next((n.partitions_def for n in nodes if n.partitions_def), None)
+    if partitions_def is None:
+        print("dp: --from/--to need partitioned assets", file=sys.stderr)
+        return 2
+    all_keys = partitions_def.get_partition_keys()
+    if first not in all_keys or last not in all_keys or all_keys.index(first) > all_keys.index(last):
+        print(f"dp: {first}...{last} is not a range of the assets' partitions", file=sys.stderr)
+        return 2
+    wanted = all_keys[all_keys.index(first) : all_keys.index(last) + 1]
+    per_run = len(wanted)
+    for node in nodes:
+        policy = node.backfill_policy
+        if policy is None:
+            per_run = 1  # without a policy an asset runs one partition at a time
+        elif policy.policy_type == BackfillPolicyType.MULTI_RUN and policy.max_partitions_per_run:
+            per_run = min(per_run, policy.max_partitions_per_run)
+    recon_job = recon_job_from_origin(JobPythonOrigin(job.name, repository_origin=origin))
+    failed = 0
+    with dg.DagsterInstance.get() as instance:
+        for at in range(0, len(wanted), per_run):
+            chunk = wanted[at : at + per_run]
+            tags = {ASSET_PARTITION_RANGE_START_TAG: chunk[0], ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}
+            with dg.execute_job(recon_job, instance, asset_selection=list(keys), tags=tags) as result:
+                outcome = "success" if result.success else "failed"
+                print(f"run {result.run_id} {chunk[0]}...{chunk[-1]}: {outcome}", flush=True)
+                failed += not result.success
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

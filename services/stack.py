@@ -238,7 +238,7 @@ def _ensure_demo_sources() -> None:
     """Give the sample card_db source its database on first start (the source stays as it is after)."""
     import sqlalchemy as sa
 
-    from services.demo_sources import source_location
+    from services.demo_sources import demo_window, source_location
     from services.generators.card_db import generate
 
     for source in [source_location()]:  # the catalog file of card_db, read as plain data
@@ -249,9 +249,16 @@ def _ensure_demo_sources() -> None:
                     continue
         except sa.exc.OperationalError:
             pass  # the database does not exist yet: generate() creates it
-        print(f"stack: generating the sample {source.name} source ({DEMO_SCALE:,} transactions)", flush=True)
         try:
-            generate(source.local_url, DEMO_SCALE, progress=False)
+            # Transactions from the partitioned tables' partition_start to yesterday: every partition fills.
+            first, last = demo_window(source)
+            print(
+                f"stack: generating the sample {source.name} source "
+                f"({DEMO_SCALE:,} transactions, {first} to {last})",
+                flush=True,
+            )
+            days = (last - first).days + 1
+            generate(source.local_url, DEMO_SCALE, days=days, end_date=last, progress=False)
         except Exception as exc:  # the rest of the platform still runs without it
             print(f"stack: could not generate {source.name}: {exc}", flush=True)
 
