@@ -170,7 +170,6 @@ class FileLedger:
         self,
         target: str,
         items: Sequence[tuple[FileRef, str | None]],
-        sensor: str,
     ) -> tuple[list[tuple[FileRef, str | None]], dict[str, Claim]]:
         """Of (file, partition key) items, those neither applied nor claimed, and the claims held.
 

@@ -100,7 +100,7 @@ def plan_runs(
     fresh: list[Arrival] = []
     held: dict[tuple[str, str], Claim] = {(c.target, c.identity): c for c in open_claims}
     for target, items in by_target.items():
-        unclaimed, existing = ledger.claim(target, [(a.ref, a.partition_key) for a in items], sensor)
+        unclaimed, existing = ledger.claim(target, [(a.ref, a.partition_key) for a in items])
         unclaimed_ids = {ref.identity for ref, _ in unclaimed}
         for arrival in items:
             identity = arrival.ref.identity

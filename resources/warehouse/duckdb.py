@@ -118,7 +118,7 @@ class DuckDBWarehouse(Warehouse):
         batch = merge_batch(data, keys, delete_column)
         merge_sql(table, "staging", keys, batch.column_names, delete_column)  # validates every name first
         with self._transaction() as con:
-            return _merge(con, table, batch, keys, delete_column)
+            return _merge_prepared(con, table, batch, keys, delete_column)
 
     @contextmanager
     def transaction(self) -> Iterator[DuckDBSession]:
@@ -195,9 +195,15 @@ def _replace_where(con: Any, table: str, data: pa.Table, predicate: str) -> int:
 def _merge(
     con: Any, table: str, data: pa.Table, keys: list[str], delete_column: str | None
 ) -> dict[str, int]:
+    return _merge_prepared(con, table, merge_batch(data, keys, delete_column), keys, delete_column)
+
+
+def _merge_prepared(
+    con: Any, table: str, batch: pa.Table, keys: list[str], delete_column: str | None
+) -> dict[str, int]:
+    """MERGE a batch that merge_batch already reduced to one row per key."""
     import pyarrow.compute as pc
 
-    batch = merge_batch(data, keys, delete_column)
     columns = [c for c in batch.column_names if c != delete_column]
     staging = _fresh_name()
     statement = merge_sql(table, staging, keys, columns, delete_column)  # validates every name first

@@ -65,7 +65,7 @@ def test_concurrent_claims_take_each_file_once(warehouse):
     def sensor(name: str) -> None:
         ledger = FileLedger(warehouse)
         barrier.wait()
-        unclaimed, _ = ledger.claim(TARGET, [(r, "2026-11-23") for r in refs], name)
+        unclaimed, _ = ledger.claim(TARGET, [(r, "2026-11-23") for r in refs])
         won[name] = ledger.hold(TARGET, [(r, p, f"run-{name}") for r, p in unclaimed], name)
 
     threads = [threading.Thread(target=sensor, args=(n,)) for n in ("events", "listing")]
