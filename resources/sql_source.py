@@ -49,10 +49,19 @@ class SqlSource(dg.ConfigurableResource):
 
             try:
                 # pre_ping: a long asset run outlives idle connections the server or a firewall dropped.
-                self._engine = create_engine(self.url, pool_pre_ping=True)
+                self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=self._connect_args())
             except (ArgumentError, NoSuchModuleError) as exc:
                 raise SqlSourceError(f"invalid source URL {self.safe_url()}: {exc}") from None
         return self._engine
+
+    def _connect_args(self) -> dict[str, Any]:
+        from sqlalchemy.engine import make_url
+
+        if make_url(self.url).get_backend_name() in ("mysql", "mariadb"):
+            # A UTC session: TIMESTAMP columns are read (and hashed) as their stored UTC instants,
+            # whatever the server's or the account's time zone.
+            return {"init_command": "SET time_zone = '+00:00'"}
+        return {}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._engine is not None:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from assets.migration.columns import TablePlan
 from resources.sql_source import SqlSource
 
 if TYPE_CHECKING:
@@ -21,19 +22,29 @@ if TYPE_CHECKING:
 _DONE = object()
 
 
-def table_ref(table: str) -> Any:
+def table_ref(table: str | TablePlan) -> Any:
     """A SQLAlchemy reference to a registry table name ('table' or 'schema.table')."""
     import sqlalchemy as sa
 
+    if isinstance(table, TablePlan):
+        table = table.table
     schema, _, name = table.rpartition(".")
     return sa.table(name, schema=schema or None)
 
 
-def select_sql(source: SqlSource, table: str, where: Sequence[Any] = ()) -> str:
-    """SELECT * FROM table WHERE ..., rendered for the source's dialect with literal values."""
+def select_sql(source: SqlSource, table: str | TablePlan, where: Sequence[Any] = ()) -> str:
+    """SELECT <columns> FROM table WHERE ..., rendered for the source's dialect with literal values.
+
+    With a TablePlan, each planned column is read by its own expression under its name;
+    with a plain name, every column as the driver gives it.
+    """
     import sqlalchemy as sa
 
-    stmt = sa.select(sa.text("*")).select_from(table_ref(table))
+    if isinstance(table, TablePlan):
+        columns: list[Any] = [sa.literal_column(c.select).label(c.name) for c in table.columns]
+        stmt = sa.select(*columns).select_from(table_ref(table))
+    else:
+        stmt = sa.select(sa.text("*")).select_from(table_ref(table))
     for clause in where:
         stmt = stmt.where(clause)
     return str(stmt.compile(dialect=source.engine().dialect, compile_kwargs={"literal_binds": True}))
@@ -86,7 +97,7 @@ def stream(source: SqlSource, sql: str, batch_rows: int) -> Iterator[pa.RecordBa
 
 
 def key_ranges(
-    source: SqlSource, table: str, column: str, parts: int, where: Sequence[Any] = ()
+    source: SqlSource, table: str | TablePlan, column: str, parts: int, where: Sequence[Any] = ()
 ) -> list[Any]:
     """Range predicates splitting table on an integer column into `parts` (at least one)."""
     import sqlalchemy as sa
@@ -106,7 +117,7 @@ def key_ranges(
 
 def read_table(
     source: SqlSource,
-    table: str,
+    table: str | TablePlan,
     *,
     where: Sequence[Any] = (),
     batch_rows: int = 50_000,

@@ -11,19 +11,21 @@ are the lake's (resources.lake.datasets.Grain).
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from assets.migration.columns import READ_AS
 from assets.shared.catalog import CatalogError, load_catalog_dir, load_yaml_model
 from resources.lake.datasets import Grain
 from resources.settings import PROJECT_ROOT
 
 CATALOG_DIR = PROJECT_ROOT / "platform" / "catalogs" / "migration"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+_DECIMAL = re.compile(r"^decimal\((\d|[12]\d|3[0-8]),\s*(\d|[12]\d|3[0-8])\)$")
 
 
 # A registry file that does not validate; the message names file, table and field.
@@ -39,6 +41,13 @@ class LoadMode(StrEnum):
     OVERWRITE = "overwrite"  # replace the partition (or the table) atomically
     APPEND = "append"  # add rows past the watermark; a re-run adds nothing
     UPSERT = "upsert"  # merge by primary key, deletes included
+
+
+class ChangeDetection(StrEnum):
+    """How an upsert table finds its changed rows."""
+
+    WATERMARK = "watermark"  # rows whose watermark_column moved past the last load
+    ROW_HASH = "row_hash"  # compare key and row hash with the lake, key range by key range
 
 
 class PiiAction(StrEnum):
@@ -72,6 +81,16 @@ class ColumnRule(_Strict):
     case: Literal["upper", "lower"] | None = None
     true_values: list[str] = Field(default_factory=lambda: ["Y", "1", "true", "T"])
     false_values: list[str] = Field(default_factory=lambda: ["N", "0", "false", "F"])
+    # Source tables: read the column as this type (a CAST in the SELECT), e.g. for a type
+    # without a mapping: string, int64, float64, bool, date, timestamp, timestamptz, binary, decimal(p,s).
+    read_as: str | None = None
+
+    @field_validator("read_as")
+    @classmethod
+    def _read_as(cls, value: str | None) -> str | None:
+        if value is None or value in READ_AS or _DECIMAL.match(value):
+            return value
+        raise ValueError(f"read_as {value!r} is not one of {', '.join(READ_AS)} or decimal(p,s)")
 
 
 class ErasureLink(_Strict):
@@ -94,8 +113,18 @@ class TableSpec(_Strict):
     source_table: str
     kind: Kind = Kind.SOURCE
     load_mode: LoadMode
+    # The table's key; for a source table without one, the key declared here.
     primary_key: list[str] = Field(default_factory=list)
     watermark_column: str | None = None
+    # Rows whose watermark is within this lag of the last load are read again (and
+    # de-duplicated) by the next one: a transaction committed late is not lost.
+    watermark_lag: timedelta = timedelta(minutes=10)
+    # upsert: watermark (the default with a watermark_column) or row_hash
+    change_detection: ChangeDetection | None = None
+    # Every load re-checks this many earlier partitions against the source (count and checksum).
+    recheck_partitions: int = Field(default=7, ge=0)
+    select_columns: list[str] = Field(default_factory=list)  # read only these (default: all)
+    exclude_columns: list[str] = Field(default_factory=list)  # never read these
     partition_column: str | None = None
     partition_grain: Grain = Grain.NONE
     partition_start: date | None = None
@@ -119,20 +148,39 @@ class TableSpec(_Strict):
     def _consistent(self) -> TableSpec:
         if self.load_mode == LoadMode.UPSERT and not self.primary_key:
             raise ValueError("load_mode upsert needs primary_key")
-        if self.load_mode in (LoadMode.UPSERT, LoadMode.APPEND) and not self.watermark_column:
-            raise ValueError(f"load_mode {self.load_mode.value} needs watermark_column")
+        if self.load_mode == LoadMode.APPEND and not self.watermark_column:
+            raise ValueError("load_mode append needs watermark_column")
+        if self.change_detection and self.load_mode != LoadMode.UPSERT:
+            raise ValueError("change_detection is for load_mode upsert")
+        if self.detection == ChangeDetection.WATERMARK and not self.watermark_column:
+            raise ValueError(
+                "change_detection watermark needs watermark_column; a table without one uses row_hash"
+            )
+        if self.select_columns and self.exclude_columns:
+            raise ValueError("select_columns and exclude_columns exclude each other: give one")
+        read = set(self.select_columns) or None
+        needed = [*self.primary_key, self.watermark_column, self.partition_column]
+        for column in filter(None, needed):
+            if column in self.exclude_columns or (read is not None and column not in read):
+                raise ValueError(
+                    f"column {column!r} is a key, watermark or partition column: it must be read"
+                )
         if (self.partition_grain == Grain.NONE) != (self.partition_column is None):
             raise ValueError("partition_column and partition_grain (day or month) go together")
         if self.partition_grain != Grain.NONE and self.partition_start is None:
             raise ValueError("a partitioned table needs partition_start")
-        if self.load_mode == LoadMode.UPSERT and self.partition_grain != Grain.NONE:
-            raise ValueError("load_mode upsert merges the whole table: leave it unpartitioned")
         if self.retention_days and self.partition_grain == Grain.NONE:
             raise ValueError("retention_days needs a partitioned table")
         if self.kind == Kind.SOURCE:
             typed = sorted(c for c, rule in self.columns.items() if rule.type is not None)
             if typed:
                 raise ValueError(f"columns {typed}: a type is only restored for mart tables (kind: mart)")
+        if self.kind == Kind.MART:
+            overridden = sorted(c for c, rule in self.columns.items() if rule.read_as is not None)
+            if overridden:
+                raise ValueError(
+                    f"columns {overridden}: read_as is for source tables (mart columns are strings)"
+                )
         if self.kind == Kind.MART and not self.columns:
             raise ValueError("a mart table needs columns with their types (they arrive as strings)")
         if self.parallel_reads > 1 and not self.primary_key:
@@ -142,6 +190,15 @@ class TableSpec(_Strict):
     @property
     def partitioned(self) -> bool:
         return self.partition_grain != Grain.NONE
+
+    @property
+    def detection(self) -> ChangeDetection | None:
+        """An upsert table's change detection: as declared, else watermark when it has one."""
+        if self.load_mode != LoadMode.UPSERT:
+            return None
+        if self.change_detection:
+            return self.change_detection
+        return ChangeDetection.WATERMARK if self.watermark_column else ChangeDetection.ROW_HASH
 
 
 class ViewSpec(_Strict):
@@ -159,6 +216,12 @@ class SourceSystem(_Strict):
     subject_column: str | None = None  # the data subject's id column (erasure requests)
     tables: list[TableSpec]
     views: list[ViewSpec] = Field(default_factory=list)
+    _file: str = PrivateAttr(default="the migration registry")
+
+    @property
+    def file(self) -> str:
+        """The registry file that declared this source (named in preflight errors)."""
+        return self._file
 
     @model_validator(mode="after")
     def _references(self) -> SourceSystem:
@@ -194,9 +257,15 @@ class SourceSystem(_Strict):
 
 def load_source(path: Path) -> SourceSystem:
     """One source system's file; RegistryError names file, table and field of a mistake."""
-    return load_yaml_model(path, SourceSystem)
+    return _located(load_yaml_model(path, SourceSystem), path)
+
+
+def _located(source: SourceSystem, path: Path) -> SourceSystem:
+    source._file = str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
+    return source
 
 
 def load_registry(directory: Path = CATALOG_DIR) -> list[SourceSystem]:
     """Every source system of the registry; two files may not declare the same source name."""
-    return load_catalog_dir(directory, SourceSystem)
+    paths = sorted(Path(directory).glob("*.yaml"))
+    return [_located(s, p) for s, p in zip(load_catalog_dir(directory, SourceSystem), paths, strict=True)]
