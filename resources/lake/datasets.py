@@ -190,6 +190,39 @@ class LoadState:
         stored = value.isoformat() if kind != "value" else value
         self.data.setdefault("watermarks", {})[_pkey(partition)] = [kind, stored]
 
+    # A failed blocking check holds back everything downstream of the partition, in this run and
+    # in later ones, until a load of the partition passes its checks again.
+    def block(
+        self, partition: LakePartition | None, check: str, reason: str, figures: dict[str, Any]
+    ) -> None:
+        self.data.setdefault("blocked", {})[_pkey(partition)] = {
+            "check": check,
+            "reason": reason,
+            "figures": figures,
+            "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+
+    def unblock(self, partition: LakePartition | None) -> None:
+        self.data.get("blocked", {}).pop(_pkey(partition), None)
+
+    def blocked(self, partition: LakePartition | None) -> dict[str, Any] | None:
+        """The block on a partition ({check, reason, figures, since}), or None."""
+        return self.data.get("blocked", {}).get(_pkey(partition))
+
+    def blocks(self) -> dict[str, dict[str, Any]]:
+        return dict(self.data.get("blocked", {}))
+
+    def forget(self, partitions: list[LakePartition | None] | None = None) -> None:
+        """Forget watermarks and blocks of the given partitions (all of them with None): the
+        next load reads those partitions from the start."""
+        if partitions is None:
+            self.data.pop("watermarks", None)
+            self.data.pop("blocked", None)
+            return
+        for partition in partitions:
+            self.data.get("watermarks", {}).pop(_pkey(partition), None)
+            self.unblock(partition)
+
     def save(self) -> None:
         self.lake.put_bytes(self.key, json.dumps(self.data, default=str, sort_keys=True).encode())
 
