@@ -1,22 +1,30 @@
 """The three load modes into the raw tier, and the cleansing pass into the processed tier.
 
 overwrite  re-extract the run's partitions (or the table) and replace each file atomically
-append     extract rows past each partition's watermark into a file named after that
-           watermark, so a crashed run re-writes the same file and a finished one finds nothing
-upsert     extract changed rows past the watermark and the source's current keys, then
-           merge: changed rows replace or add, keys gone from the source are deleted
+append     extract rows past each partition's watermark, less the table's watermark_lag, into a
+           file named after that watermark; rows already in the lake (by key, or by row hash
+           for a keyless table) are left out, so a transaction that committed late is loaded
+           and a crashed run re-writes the same file
+upsert     merge changed rows by key (assets.migration.upsert), found by watermark or row hash
+
+Every load starts with the preflight (assets.migration.preflight): the registry entry is
+checked against the live source and gives the read plan, before anything is written.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from assets.migration import DOMAIN
-from assets.migration.extract import arrow_schema, conform, read_table, stream, table_ref
+from assets.migration.columns import TablePlan
+from assets.migration.extract import conform, read_table, stream, table_ref
+from assets.migration.preflight import plan_table
 from assets.migration.registry import LoadMode, TableSpec
+from assets.migration.rowhash import duckdb_session, lake_row_hash
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.datasets import (
     LoadState,
@@ -44,6 +52,8 @@ class RawLoad:
     updated: int = 0
     deleted: int = 0
     watermark: Any = None
+    duplicates_skipped: int = 0  # rows read again by the look-back, already in the lake
+    plan: TablePlan | None = None
 
     @property
     def total_rows(self) -> int:
@@ -80,11 +90,11 @@ def source_max(source: SqlSource, spec: TableSpec, column: str, where: list[Any]
         return conn.execute(stmt).scalar()
 
 
-def _reader(source: SqlSource, spec: TableSpec, where: list[Any]) -> Any:
+def _reader(source: SqlSource, spec: TableSpec, plan: TablePlan, where: list[Any]) -> Any:
     split = spec.primary_key[0] if spec.parallel_reads > 1 and spec.primary_key else None
     return read_table(
         source,
-        spec.source_table,
+        plan,
         where=where,
         batch_rows=spec.fetch_size,
         parallel=spec.parallel_reads,
@@ -108,13 +118,16 @@ def load_raw(
     spec: TableSpec,
     dataset: str,
     partitions: list[LakePartition] | None,
+    registry_file: str = "the migration registry",
 ) -> RawLoad:
+    plan = plan_table(source, spec, registry_file)  # refuses a bad entry before anything is written
     if spec.load_mode == LoadMode.OVERWRITE:
-        result = _overwrite(lake, source, spec, dataset, partitions)
+        result = _overwrite(lake, source, spec, plan, dataset, partitions)
     elif spec.load_mode == LoadMode.APPEND:
-        result = _append(lake, source, spec, dataset, partitions)
+        result = _append(lake, source, spec, plan, dataset, partitions)
     else:
-        result = _upsert(lake, source, spec, dataset)
+        result = _upsert(lake, source, spec, plan, dataset)
+    result.plan = plan
     apply_retention(lake, spec, dataset)
     return result
 
@@ -148,15 +161,16 @@ def _overwrite(
     lake: LakeStorage,
     source: SqlSource,
     spec: TableSpec,
+    plan: TablePlan,
     dataset: str,
     partitions: list[LakePartition] | None,
 ) -> RawLoad:
-    schema = arrow_schema(source, spec.source_table)
+    schema = plan.schema
     writer = PartitionWriter(
         lake, Tier.RAW, DOMAIN, dataset, schema, DATA_FILE, spec.partition_column, spec.partition_grain
     )
     writer.ensure(list(partitions) if partitions else [None])  # an empty source partition empties ours
-    _write(writer, _reader(source, spec, window(spec, partitions)), schema)
+    _write(writer, _reader(source, spec, plan, window(spec, partitions)), schema)
     return RawLoad("overwrite", rows={_key(p): n for p, n in writer.rows.items()})
 
 
@@ -164,6 +178,7 @@ def _append(
     lake: LakeStorage,
     source: SqlSource,
     spec: TableSpec,
+    plan: TablePlan,
     dataset: str,
     partitions: list[LakePartition] | None,
 ) -> RawLoad:
@@ -177,48 +192,168 @@ def _append(
     result = RawLoad("append", watermark=high)
     if high is None:
         return result  # nothing in the source for these partitions yet
-    schema = arrow_schema(source, spec.source_table)
+    schema = plan.schema
     column: Any = sa.column(spec.watermark_column)
     # Partitions that share a watermark are read together; usually that is all of them.
     groups: dict[Any, list[LakePartition | None]] = {}
     for partition in targets:
         groups.setdefault(state.watermark(partition), []).append(partition)
     for low, members in groups.items():
-        if low is not None and low >= high:
-            continue  # already loaded: a re-run is a no-op
+        # Look back by the lag: a row whose transaction committed after the last load, with a
+        # watermark below it, is read now; rows the lake already holds are left out below.
+        since = _minus(low, spec.watermark_lag) if low is not None else None
         where = window(spec, [p for p in members if p is not None]) if partitions else []
-        where += [column <= high] + ([column > low] if low is not None else [])
+        where += [column <= high] + ([column > since] if since is not None else [])
+        filename = f"part-after-{_token(low)}.parquet"
+        seen = _seen(lake, spec, plan, dataset, members, since, exclude=filename)
         writer = PartitionWriter(
             lake,
             Tier.RAW,
             DOMAIN,
             dataset,
             schema,
-            f"part-after-{_token(low)}.parquet",
+            filename,
             spec.partition_column,
             spec.partition_grain,
         )
-        _write(writer, _reader(source, spec, where), schema)
+        fresh = _unseen(_reader(source, spec, plan, where), schema, spec, plan, seen)
+        _write(writer, fresh, schema)
+        result.duplicates_skipped += fresh.skipped
         result.rows.update({_key(p): n for p, n in writer.rows.items()})
         for partition in members:
-            state.set_watermark(partition, high)
+            if low is None or high > low:
+                state.set_watermark(partition, high)
         state.save()  # after the files: a crash in between re-writes the same files
     return result
 
 
-def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, dataset: str) -> RawLoad:
+def _minus(value: Any, lag: timedelta) -> Any:
+    """The watermark less the lag (datetimes and dates; a numeric watermark has no lag)."""
+    if isinstance(value, datetime):
+        return value - lag
+    if isinstance(value, date):
+        return value - timedelta(days=-(-lag.total_seconds() // 86400))
+    return value
+
+
+def dedup_key(spec: TableSpec) -> list[str]:
+    """The columns that identify a row: the (declared) key, or its row hash for a keyless table."""
+    return list(spec.primary_key) or ["_row_hash"]
+
+
+def _seen(
+    lake: LakeStorage,
+    spec: TableSpec,
+    plan: TablePlan,
+    dataset: str,
+    partitions: list[LakePartition | None],
+    since: Any,
+    exclude: str,
+) -> pa.Table:
+    """Identities (key or row hash) of lake rows past `since` in the partitions, other files than exclude."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    assert spec.watermark_column
+    key = dedup_key(spec)
+    parts = []
+    con = duckdb_session()
+    try:
+        for partition in partitions:
+            keys = [
+                k for k in lake.parquet_keys(Tier.RAW, DOMAIN, dataset, partition) if not k.endswith(exclude)
+            ]
+            if partition is None:
+                prefix = dataset_prefix(Tier.RAW, DOMAIN, dataset)
+                keys = [k for k in keys if "/" not in k[len(prefix) :]]
+            for key_name in keys:
+                path = lake.scratch_dir() / f"seen-{uuid.uuid4().hex}.parquet"
+                lake.get_file(key_name, path)
+                try:
+                    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+                        if since is not None:
+                            batch = batch.filter(pc.greater(batch.column(spec.watermark_column), since))
+                        if batch.num_rows:
+                            parts.append(_identities(con, batch, spec, plan))
+                finally:
+                    path.unlink(missing_ok=True)
+    finally:
+        con.close()
+    if not parts:
+        schema = pa.schema([plan.schema.field(k) for k in key]) if spec.primary_key else None
+        return (schema or pa.schema([pa.field("_row_hash", pa.int64())])).empty_table()
+    return pa.concat_tables(parts)
+
+
+def _identities(con: Any, batch: pa.RecordBatch, spec: TableSpec, plan: TablePlan) -> pa.Table:
+    import pyarrow as pa
+
+    if spec.primary_key:
+        return pa.Table.from_batches([batch.select(spec.primary_key)])
+    con.register("rows_", pa.Table.from_batches([batch]))
+    try:
+        return con.execute(
+            f"SELECT {lake_row_hash(plan.columns)} AS _row_hash FROM rows_"
+        ).fetch_arrow_table()
+    finally:
+        con.unregister("rows_")
+
+
+class _Unseen:
+    """The batches without the rows whose identity is in `seen`; counts what it left out."""
+
+    def __init__(self, batches: Any, schema: pa.Schema, spec: TableSpec, plan: TablePlan, seen: pa.Table):
+        self.batches, self.schema, self.spec, self.plan, self.seen = batches, schema, spec, plan, seen
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        if self.seen.num_rows == 0:
+            yield from self.batches
+            return
+        key = dedup_key(self.spec)
+        using = ", ".join(quote_identifier(k) for k in key)
+        con = duckdb_session()
+        try:
+            con.register("seen", self.seen)
+            for batch in self.batches:
+                batch = conform(batch, self.schema)
+                ids = _identities(con, batch, self.spec, self.plan)
+                ids = ids.append_column("__i", pa.array(range(batch.num_rows), pa.int64()))
+                con.register("ids", ids)
+                keep = con.execute(f"SELECT __i FROM ids ANTI JOIN seen USING ({using}) ORDER BY __i")
+                indices = keep.fetch_arrow_table().column("__i")
+                con.unregister("ids")
+                self.skipped += batch.num_rows - len(indices)
+                if len(indices) == batch.num_rows:
+                    yield batch
+                elif len(indices):
+                    yield batch.take(indices)
+        finally:
+            con.close()
+
+
+def _unseen(batches: Any, schema: pa.Schema, spec: TableSpec, plan: TablePlan, seen: pa.Table) -> _Unseen:
+    return _Unseen(batches, schema, spec, plan, seen)
+
+
+def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, plan: TablePlan, dataset: str) -> RawLoad:
     import duckdb
     import pyarrow as pa
     import sqlalchemy as sa
 
     assert spec.watermark_column
     state = LoadState(lake, DOMAIN, dataset)
-    schema = arrow_schema(source, spec.source_table)
+    schema = plan.schema
     low = state.watermark(None)
     high = source_max(source, spec, spec.watermark_column)
     column: Any = sa.column(spec.watermark_column)
     where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
-    changed = pa.Table.from_batches([conform(b, schema) for b in _reader(source, spec, where)], schema=schema)
+    changed = pa.Table.from_batches(
+        [conform(b, schema) for b in _reader(source, spec, plan, where)], schema=schema
+    )
     key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
     key_select: Any = sa.select(*[sa.column(k) for k in spec.primary_key]).select_from(
         table_ref(spec.source_table)

@@ -1,6 +1,6 @@
 """Each load mode against real PostgreSQL and MariaDB: the lake compared with the source row by row."""
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pyarrow as pa
@@ -35,8 +35,18 @@ def _source_rows(db: SqlSource, table: str, key: str) -> list[dict]:
 
 
 def _lake_rows(lake, dataset: str, key: str) -> list[dict]:
-    rows = lake.read_parquet(Tier.RAW, DOMAIN, dataset).to_pylist()
+    rows = [
+        {k: _naive_utc(v) for k, v in r.items()}
+        for r in lake.read_parquet(Tier.RAW, DOMAIN, dataset).to_pylist()
+    ]
     return sorted(rows, key=lambda r: r[key])
+
+
+def _naive_utc(value):
+    """MariaDB TIMESTAMP lands zoned (UTC); the source session (UTC) reads it naive."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 def test_overwrite_replaces_the_table(db, lake):
