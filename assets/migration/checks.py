@@ -3,60 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
 from assets.migration import DOMAIN
+from assets.migration.columns import TablePlan
 from assets.migration.extract import table_ref
-from assets.migration.loads import each_partition, window
-from assets.migration.registry import LoadMode, TableSpec
+from assets.migration.loads import each_partition
+from assets.migration.reconcile import PartitionCheck, partitions_to_check, reconcile
+from assets.migration.registry import TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
-from resources.lake.datasets import LoadState, read_partition_batches
+from resources.lake.datasets import read_partition_batches
 from resources.sql_source import SqlSource
 from resources.warehouse.sql import quote_identifier
 
 PII_SAMPLE = 2000
 
 
-def _source_count(db: SqlSource, table: TableSpec, where: list[Any]) -> int:
-    import sqlalchemy as sa
-
-    stmt = sa.select(sa.func.count()).select_from(table_ref(table.source_table))
-    for clause in where:
-        stmt = stmt.where(clause)
-    with db.engine().connect() as conn:
-        return int(conn.execute(stmt).scalar() or 0)
-
-
 def lake_row_count(lake: LakeStorage, tier: Tier, dataset: str, partition: LakePartition | None) -> int:
     return sum(b.num_rows for b in read_partition_batches(lake, tier, DOMAIN, dataset, partition))
-
-
-def raw_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetCheckSpec]:
-    specs = [
-        dg.AssetCheckSpec(
-            "source_row_count_matches",
-            asset=key,
-            blocking=True,
-            description="Rows per partition in the raw tier equal the source's rows "
-            "(up to the loaded watermark).",
-        )
-    ]
-    if table.primary_key:
-        specs.append(
-            dg.AssetCheckSpec("primary_key_unique", asset=key, description="No duplicate primary keys.")
-        )
-    if table.retention_days:
-        specs.append(
-            dg.AssetCheckSpec(
-                "retention_respected",
-                asset=key,
-                description=f"No partition older than {table.retention_days} days.",
-            )
-        )
-    return specs
 
 
 def cleansed_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetCheckSpec]:
@@ -72,6 +40,53 @@ def cleansed_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetChe
     ]
 
 
+def raw_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetCheckSpec]:
+    rechecked = (
+        f" and the {table.recheck_partitions} partitions loaded before them" if table.partitioned else ""
+    )
+    specs = [
+        dg.AssetCheckSpec(
+            "source_row_count_matches",
+            asset=key,
+            blocking=True,
+            description=f"Rows in the raw tier equal the source's, for the run's partitions{rechecked};"
+            " rows the lake lacks are added first. A failure holds back the cleansed tier and the"
+            " warehouse for that partition until it is loaded clean.",
+        ),
+        dg.AssetCheckSpec(
+            "source_checksum_matches",
+            asset=key,
+            blocking=True,
+            description="An order-independent checksum (count and sum of 60-bit row hashes over every"
+            " column read) is equal in the source, computed there by one query, and in the raw tier.",
+        ),
+    ]
+    if table.primary_key:
+        specs.append(
+            dg.AssetCheckSpec(
+                "primary_key_unique", asset=key, blocking=True, description="No duplicate primary keys."
+            )
+        )
+    if table.retention_days:
+        specs.append(
+            dg.AssetCheckSpec(
+                "retention_respected",
+                asset=key,
+                description=f"No partition older than {table.retention_days} days.",
+            )
+        )
+    return specs
+
+
+@dataclass
+class RawVerdict:
+    results: list[dg.AssetCheckResult]
+    # partition key ("all") -> (check, reason, figures) of a failed blocking check
+    failures: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    passed: list[str] = field(default_factory=list)  # partition keys that passed every check
+    checks: list[PartitionCheck] = field(default_factory=list)
+
+
 def raw_checks(
     lake: LakeStorage,
     db: SqlSource,
@@ -79,53 +94,84 @@ def raw_checks(
     dataset: str,
     partitions: list[LakePartition] | None,
     key: dg.AssetKey,
-) -> Iterator[dg.AssetCheckResult]:
-    import sqlalchemy as sa
-
-    state = LoadState(lake, DOMAIN, dataset)
-    mismatches, counts = {}, {}
-    for partition in each_partition(partitions):
-        where = window(table, [partition] if partition else None)
-        if table.load_mode == LoadMode.APPEND and table.watermark_column:
-            loaded = state.watermark(partition)
-            # Only rows up to the watermark the load reached; later ones belong to the next run.
-            where.append(sa.column(table.watermark_column) <= loaded if loaded is not None else sa.false())
-        source_rows = _source_count(db, table, where)
-        lake_rows = lake_row_count(lake, Tier.RAW, dataset, partition)
-        label = partition.dagster_key if partition else "all"
-        counts[label] = {"source": source_rows, "lake": lake_rows}
-        if source_rows != lake_rows:
-            mismatches[label] = counts[label]
-    yield dg.AssetCheckResult(
-        asset_key=key,
-        check_name="source_row_count_matches",
-        passed=not mismatches,
-        metadata={
-            "partitions": len(counts),
-            "mismatches": dg.MetadataValue.json(mismatches),
-            "counts": dg.MetadataValue.json(dict(list(counts.items())[:50])),
-        },
+    plan: TablePlan,
+) -> RawVerdict:
+    checked = partitions_to_check(lake, table, dataset, partitions)
+    found = reconcile(lake, db, table, plan, dataset, checked)
+    verdict = RawVerdict(results=[], checks=found)
+    count_fail = {c.partition: c.figures() for c in found if not c.counts_match}
+    sum_fail = {c.partition: c.figures() for c in found if not c.checksums_match}
+    figures = {c.partition: c.figures() for c in found}
+    repaired = {c.partition: c.repaired_rows for c in found if c.repaired_rows}
+    for check in found:
+        if check.reason:
+            name = "source_row_count_matches" if not check.counts_match else "source_checksum_matches"
+            verdict.failures[check.partition] = (name, check.reason, check.figures())
+    verdict.results.append(
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name="source_row_count_matches",
+            passed=not count_fail,
+            description=_describe(found, "counts"),
+            metadata={
+                "partitions_checked": len(found),
+                "source_rows": sum(c.source_rows for c in found),
+                "lake_rows": sum(c.lake_rows for c in found),
+                "mismatches": dg.MetadataValue.json(count_fail),
+                "repaired_rows": dg.MetadataValue.json(repaired),
+            },
+        )
+    )
+    verdict.results.append(
+        dg.AssetCheckResult(
+            asset_key=key,
+            check_name="source_checksum_matches",
+            passed=not sum_fail,
+            description=_describe(found, "checksums"),
+            metadata={
+                "partitions_checked": len(found),
+                "mismatches": dg.MetadataValue.json(sum_fail),
+                "by_partition": dg.MetadataValue.json(dict(list(figures.items())[:50])),
+            },
+        )
     )
     if table.primary_key:
         duplicates = _duplicate_keys(lake, table, dataset, partitions)
-        yield dg.AssetCheckResult(
-            asset_key=key,
-            check_name="primary_key_unique",
-            passed=duplicates == 0,
-            metadata={"duplicate_keys": duplicates},
+        verdict.results.append(
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name="primary_key_unique",
+                passed=duplicates == 0,
+                metadata={"duplicate_keys": duplicates},
+            )
         )
+        if duplicates:
+            label = ",".join(p.dagster_key for p in partitions) if partitions else "all"
+            reason = f"{duplicates:,} duplicate values of the primary key {table.primary_key} in the raw tier"
+            verdict.failures.setdefault(label, ("primary_key_unique", reason, {"duplicate_keys": duplicates}))
+    verdict.passed = [c.partition for c in found if c.partition not in verdict.failures]
     if table.retention_days:
         cutoff = (datetime.now(UTC) - timedelta(days=table.retention_days)).date()
         expired = [p.dagster_key for p in lake.list_partitions(Tier.RAW, DOMAIN, dataset) if p.day < cutoff]
-        yield dg.AssetCheckResult(
-            asset_key=key,
-            check_name="retention_respected",
-            passed=not expired,
-            metadata={
-                "cutoff": cutoff.isoformat(),
-                "expired_partitions": dg.MetadataValue.json(expired[:50]),
-            },
+        verdict.results.append(
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name="retention_respected",
+                passed=not expired,
+                metadata={
+                    "cutoff": cutoff.isoformat(),
+                    "expired_partitions": dg.MetadataValue.json(expired[:50]),
+                },
+            )
         )
+    return verdict
+
+
+def _describe(found: list[PartitionCheck], what: str) -> str:
+    bad = [c for c in found if (not c.counts_match if what == "counts" else not c.checksums_match)]
+    if not bad:
+        return f"{len(found)} partition(s): source and lake {what} equal."
+    return "; ".join(c.reason or c.partition for c in bad[:5])
 
 
 def _duplicate_keys(
@@ -182,11 +228,11 @@ def cleansed_checks(
     found: dict[str, int] = {}
     for partition in each_partition(partitions):
         for batch in read_partition_batches(lake, Tier.PROCESSED, DOMAIN, dataset, partition):
-            for field, column in zip(batch.schema, batch.columns, strict=True):
-                if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            for fld, column in zip(batch.schema, batch.columns, strict=True):
+                if pa.types.is_string(fld.type) or pa.types.is_large_string(fld.type):
                     hits = pc.sum(pc.is_in(column, value_set=needles)).as_py() or 0
                     if hits:
-                        found[field.name] = found.get(field.name, 0) + hits
+                        found[fld.name] = found.get(fld.name, 0) + hits
     yield dg.AssetCheckResult(
         asset_key=key,
         check_name="no_plaintext_pii",

@@ -310,7 +310,8 @@ def _mysql(column: SourceColumn, q: str) -> ColumnPlan | None:
         unsigned = "unsigned" in column.full_type
         return _plan(column, q, getattr(pa, f"{'u' if unsigned else ''}int{bits}")(), "int")
     if t == "float":
-        return _plan(column, q, pa.float32(), "float")
+        # As a double: the text protocol would round a FLOAT to 6 significant digits.
+        return _plan(column, f"CAST({q} AS DOUBLE)", pa.float32(), "float")
     if t in ("double", "real"):
         return _plan(column, q, pa.float64(), "float")
     if t in ("decimal", "numeric"):

@@ -10,7 +10,7 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.migration import DOMAIN, checks
-from assets.migration.loads import dataset_name, load_cleansed, load_raw, source_max
+from assets.migration.loads import dataset_name, each_partition, load_cleansed, load_raw, source_max
 from assets.migration.profile import histogram_png, markdown, numeric_columns, profile_table
 from assets.migration.publish import create_view, publish, view_name, warehouse_table
 from assets.migration.registry import SourceSystem, TableSpec, ViewSpec
@@ -18,6 +18,7 @@ from assets.shared.automation import after_parent_updates, daily_at, initial_loa
 from assets.shared.conventions import domain_asset_args
 from assets.shared.load_status import record_status
 from resources.lake import Grain, LakePartition, LakeStorage
+from resources.lake.datasets import LoadState
 from resources.profiles import sql_source
 from resources.sql_source import SqlSource
 
@@ -78,7 +79,7 @@ def _record(
     started: float,
     outcome: str,
     rows: int = 0,
-    error: BaseException | None = None,
+    error: BaseException | str | None = None,
 ) -> None:
     record_status(
         context.resources.warehouse,
@@ -96,6 +97,33 @@ def _record(
 
 def _outcome(results: list[dg.AssetCheckResult]) -> str:
     return "loaded" if all(r.passed for r in results) else "check_failed"
+
+
+def _hold_back(lake: LakeStorage, dataset: str, verdict: checks.RawVerdict) -> list[str]:
+    """Record the verdict in the dataset's load state: failed partitions blocked, passed ones freed."""
+    state = LoadState(lake, DOMAIN, dataset)
+    for key, (check, reason, figures) in verdict.failures.items():
+        for one in key.split(","):
+            state.block(_partition(one), check, reason, figures)
+    for key in verdict.passed:
+        state.unblock(_partition(key))
+    state.save()
+    return sorted(state.blocks())
+
+
+def _partition(key: str) -> LakePartition | None:
+    return None if key == "all" else LakePartition.from_key(key)
+
+
+def blocked(lake: LakeStorage, dataset: str, partitions: list[LakePartition] | None) -> dict[str, dict]:
+    """The blocks on the given partitions (or on the table), by partition key."""
+    state = LoadState(lake, DOMAIN, dataset)
+    found = {}
+    for partition in each_partition(partitions):
+        block = state.blocked(partition)
+        if block:
+            found[partition.dagster_key if partition else "all"] = block
+    return found
 
 
 def _tags(table: TableSpec) -> dict[str, str]:
@@ -157,13 +185,14 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         where = partition_label(context) if parts else "all"
         started = time.monotonic()
         try:
-            result = load_raw(lake, db, table, dataset, partitions)
+            result = load_raw(lake, db, table, dataset, partitions, source.file)
         except Exception as exc:
             _record(context, status_name, "raw", where, started, "failed", error=exc)
             raise dg.Failure(
                 f"raw load of {source.name}.{table.name} ({where}) failed: {type(exc).__name__}: {exc}",
                 metadata={"table": table.name, "partitions": where},
             ) from exc
+        assert result.plan is not None
         yield dg.MaterializeResult(
             metadata={
                 "mode": result.mode,
@@ -171,17 +200,32 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
                 "inserted": result.inserted,
                 "updated": result.updated,
                 "deleted": result.deleted,
+                "duplicates_skipped": result.duplicates_skipped,
                 "watermark": str(result.watermark),
                 "rows_by_partition": dg.MetadataValue.json(result.rows),
+                "columns": dg.MetadataValue.json(
+                    {c.name: f"{c.source_type} -> {c.arrow}" for c in result.plan.columns}
+                ),
             }
         )
         try:
-            results = list(checks.raw_checks(lake, db, table, dataset, partitions, raw_key))
+            verdict = checks.raw_checks(lake, db, table, dataset, partitions, raw_key, result.plan)
         except Exception as exc:  # the data landed but could not be checked: not "loaded"
             _record(context, status_name, "raw", where, started, "failed", result.total_rows, exc)
             raise
-        _record(context, status_name, "raw", where, started, _outcome(results), result.total_rows)
-        yield from results
+        held_back = _hold_back(lake, dataset, verdict)
+        for key_, (check, reason, _figures) in verdict.failures.items():
+            _record(context, status_name, "raw", key_, started, "check_failed", error=f"{check}: {reason}")
+        if not verdict.failures:
+            _record(context, status_name, "raw", where, started, "loaded", result.total_rows)
+        yield from verdict.results
+        if verdict.failures:
+            raise dg.Failure(
+                f"{source.name}.{table.name}: blocking check failed, the cleansed tier and the warehouse"
+                f" are held back for {', '.join(held_back)}. "
+                + " | ".join(f"{check}: {reason}" for check, reason, _ in verdict.failures.values()),
+                metadata={k: dg.MetadataValue.json(f) for k, (_, _, f) in verdict.failures.items()},
+            )
 
     @dg.asset(
         key=cleansed_key,
@@ -201,6 +245,16 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
         partitions = run_partitions(context, table)
         where = partition_label(context) if parts else "all"
         started = time.monotonic()
+        blocks = blocked(lake, dataset, partitions)
+        if blocks:  # a failed blocking check of the raw tier: publish nothing of these partitions
+            reasons = "; ".join(f"{k}: {b['check']} failed ({b['reason']})" for k, b in blocks.items())
+            _record(context, status_name, "cleansed", where, started, "blocked", error=reasons)
+            raise dg.Failure(
+                f"{source.name}.{table.name}: the cleansed tier and the warehouse are held back for"
+                f" {', '.join(blocks)} until the raw tier loads clean (fix the source or the registry,"
+                f" then `dp migration resync {source.name}.{table.name}`). {reasons}",
+                metadata={k: dg.MetadataValue.json(b) for k, b in blocks.items()},
+            )
         try:
             result = load_cleansed(lake, table, dataset, partitions)
             published = publish(context.resources.warehouse, lake, source.name, table, dataset, partitions)

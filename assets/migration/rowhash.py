@@ -7,9 +7,11 @@ rows and the exact sum of their hashes: order-independent, and computed in the
 source database by one query.
 
 Canonical text per column family (columns.ColumnPlan.kind), the same in every engine:
-int and decimal as the engine prints them (scale kept: '12.50'); float rounded
-to 6 decimal places; bool '1'/'0'; date 'YYYY-MM-DD'; timestamp
-'YYYY-MM-DD HH:MM:SS.ffffff' (in UTC when zoned); time and duration as
+int and decimal as the engine prints them (scale kept: '12.50'); float from the
+shortest text of its double value, rounded to 6 decimal places (15 significant
+digits in scientific notation from 1e28; on MySQL such huge floats do not match);
+bool '1'/'0'; date 'YYYY-MM-DD'; timestamp 'YYYY-MM-DD HH:MM:SS.ffffff' (in UTC when zoned);
+time and duration as
 microseconds; binary as lower-case hex; list as its elements' texts joined by
 ',' (NULL elements chr(30)); string as is.
 """
@@ -21,6 +23,8 @@ from typing import Any
 
 from assets.migration.columns import FLOAT_DECIMALS, HASH_HEX_DIGITS, ColumnPlan
 
+FLOAT_SCIENTIFIC = "1e28"  # from here on floats hash as 15 significant digits in scientific notation
+
 
 def _pg(plan: ColumnPlan) -> str:
     e = plan.select
@@ -28,7 +32,12 @@ def _pg(plan: ColumnPlan) -> str:
     if kind in ("int", "decimal", "duration"):
         return f"({e})::text"
     if kind == "float":
-        return f"round(({e})::numeric, {FLOAT_DECIMALS})::text"
+        # Via the shortest text of the value as a double, which every engine prints alike.
+        return (
+            f"CASE WHEN abs(({e})::float8) >= {FLOAT_SCIENTIFIC} THEN ltrim(to_char(({e})::float8,"
+            f" '9.99999999999999EEEE')) ELSE round((({e})::float8::text)::numeric, {FLOAT_DECIMALS})::text"
+            " END"
+        )
     if kind == "bool":
         return f"CASE WHEN ({e}) IS NULL THEN NULL WHEN ({e}) THEN '1' ELSE '0' END"
     if kind == "date":
@@ -55,7 +64,10 @@ def _mysql(plan: ColumnPlan) -> str:
     if kind in ("int", "decimal"):
         return f"CAST({e} AS CHAR)"
     if kind == "float":
-        return f"CAST(CAST(ROUND({e}, {FLOAT_DECIMALS}) AS DECIMAL(65, {FLOAT_DECIMALS})) AS CHAR)"
+        # Huge values (>= 1e28) keep MySQL's own text, which the lake's hash does not reproduce.
+        exact = f"CAST(CAST(CAST({e} AS DOUBLE) AS CHAR) AS DECIMAL(65, 10))"
+        fixed = f"CAST({exact} AS DECIMAL(65, {FLOAT_DECIMALS}))"
+        return f"CAST(IF(ABS({e}) >= {FLOAT_SCIENTIFIC}, CAST({e} AS CHAR), {fixed}) AS CHAR)"
     if kind == "bool":
         return f"CASE WHEN ({e}) IS NULL THEN NULL WHEN ({e}) THEN '1' ELSE '0' END"
     if kind == "date":
@@ -131,9 +143,11 @@ def lake_canon(plan: ColumnPlan, column: str) -> str:
     if kind in ("int", "decimal"):
         return f"CAST({c} AS VARCHAR)"
     if kind == "float":
+        value = f"CAST({c} AS DOUBLE)"
+        fixed = f"round(CAST(CAST({value} AS VARCHAR) AS DECIMAL(38, 10)), {FLOAT_DECIMALS})"
         return (
-            f"CASE WHEN abs({c}) < 1e30 THEN CAST(CAST(round(CAST({c} AS DOUBLE), {FLOAT_DECIMALS})"
-            f" AS DECIMAL(38, {FLOAT_DECIMALS})) AS VARCHAR) ELSE printf('%.{FLOAT_DECIMALS}f', {c}) END"
+            f"CASE WHEN abs({value}) >= {FLOAT_SCIENTIFIC} THEN printf('%.14e', {value})"
+            f" ELSE CAST(CAST({fixed} AS DECIMAL(38, {FLOAT_DECIMALS})) AS VARCHAR) END"
         )
     if kind == "bool":
         return f"CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN '1' ELSE '0' END"
