@@ -122,7 +122,7 @@ def load_raw(
 ) -> RawLoad:
     plan = plan_table(source, spec, registry_file)  # refuses a bad entry before anything is written
     if spec.load_mode == LoadMode.OVERWRITE:
-        result = _overwrite(lake, source, spec, plan, dataset, partitions)
+        result = overwrite(lake, source, spec, plan, dataset, partitions)
     elif spec.load_mode == LoadMode.APPEND:
         result = _append(lake, source, spec, plan, dataset, partitions)
     else:
@@ -157,7 +157,7 @@ def _write(writer: PartitionWriter, batches: Any, schema: pa.Schema) -> dict[Lak
         raise
 
 
-def _overwrite(
+def overwrite(
     lake: LakeStorage,
     source: SqlSource,
     spec: TableSpec,

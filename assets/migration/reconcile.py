@@ -226,7 +226,7 @@ def _compare(
     check: PartitionCheck,
 ) -> Any:
     """Row-by-row difference of a partition (by key, or row hash): fills missing, extra, changed."""
-    from assets.migration import diff  # type: ignore[attr-defined]  # being written
+    from assets.migration import diff
 
     key = list(spec.primary_key)
     found = diff.diff(
