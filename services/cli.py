@@ -69,11 +69,43 @@ def main(argv: list[str] | None = None) -> int:
     p_mat.add_argument("--to", dest="last", default=None, help="last partition key of a range (with --from)")
     p_mat.add_argument("--lake", choices=["dir", "s3"], default="dir", help="as for `dp up`")
     p_mat.add_argument("--moto-port", type=int, default=DEFAULT_MOTO_PORT)
-    # The range's runs, executed inside the stack's environment (dp materialize calls this).
-    p_range = sub.add_parser("_materialize-range")
-    p_range.add_argument("--select", required=True)
-    p_range.add_argument("--from", dest="first", required=True)
-    p_range.add_argument("--to", dest="last", required=True)
+    # The runs themselves, executed inside the stack's environment (dp materialize calls this).
+    p_runs = sub.add_parser("_materialize-runs")
+    p_runs.add_argument("--select", required=True)
+    p_runs.add_argument("--definitions", required=True)
+    p_runs.add_argument("--partition", default=None)
+    p_runs.add_argument("--from", dest="first", default=None)
+    p_runs.add_argument("--to", dest="last", default=None)
+
+    p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
+    mig = p_mig.add_subparsers(dest="migration_command", required=True)
+    p_pre = mig.add_parser(
+        "preflight", help="check every (or the named) registry entry against its live source schema"
+    )
+    p_pre.add_argument("--source", default=None, help="only this source system")
+    p_pre.add_argument("--table", default=None, help="only this table (of every source, or of --source)")
+    p_pre.add_argument(
+        "--registry", default=None, help="a registry directory other than platform/catalogs/migration"
+    )
+    p_reset = mig.add_parser(
+        "reset", help="forget a table: its raw and cleansed lake objects, load state and warehouse table"
+    )
+    p_reset.add_argument("table", metavar="SOURCE.TABLE")
+    p_reset.add_argument("--yes", action="store_true", help="do it (without: say what would be deleted)")
+    p_resync = mig.add_parser(
+        "resync", help="reload a table's partition range (or the whole table) from its source"
+    )
+    p_resync.add_argument("table", metavar="SOURCE.TABLE")
+    p_resync.add_argument("--from", dest="first", default=None, help="first partition key")
+    p_resync.add_argument("--to", dest="last", default=None, help="last partition key")
+    p_resync.add_argument(
+        "--no-run",
+        action="store_true",
+        help="only delete and forget; materialize later (e.g. a backfill launched from the UI)",
+    )
+    p_mstatus = mig.add_parser("status", help="blocked partitions and the latest loads, per table")
+    p_mstatus.add_argument("table", metavar="SOURCE.TABLE", nargs="?", default=None)
+    p_mstatus.add_argument("--limit", type=int, default=10, help="latest load_status rows per table")
 
     args = parser.parse_args(argv)
     if args.command == "up":
@@ -134,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if (args.first is None) != (args.last is None):
             parser.error("--from and --to go together")
         return _materialize(args.select, args.partition, args.first, args.last, args.lake, args.moto_port)
-    if args.command == "_materialize-range":
-        return _materialize_range(args.select, args.first, args.last)
+    if args.command == "_materialize-runs":
+        return _materialize_runs(args.select, args.definitions, args.partition, args.first, args.last)
+    if args.command == "migration":
+        return _migration(parser, args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -177,10 +211,17 @@ DEFINITIONS_FILE = "platform/definitions.py"
 
 
 def _materialize(
-    select: str, partition: str | None, first: str | None, last: str | None, lake: str, moto_port: int
+    select: str,
+    partition: str | None,
+    first: str | None,
+    last: str | None,
+    lake: str,
+    moto_port: int,
+    definitions: str | None = None,
 ) -> int:
-    """Run `dagster asset materialize` (or the range's runs) with the local stack's environment, so
-    the runs land in the stack's instance (var/dagster_home) and show in its UI."""
+    """Run the selection (one partition, a range, or unpartitioned assets) with the local stack's
+    environment, so the runs land in the stack's instance (var/dagster_home) and show in its UI.
+    Prints one line per run, and for a failure each failed check's figures and the error."""
     import shutil
     import subprocess
     from pathlib import Path
@@ -194,22 +235,25 @@ def _materialize(
     if not (home / "dagster.yaml").exists():  # as `dp up` makes it; a running stack's copy stays
         shutil.copyfile(settings.PROJECT_ROOT / "platform" / "dagster.yaml", home / "dagster.yaml")
     ensure_dagster_db(env["DAGSTER_PG_DB"])
-    bin_dir = Path(sys.executable).parent
+    cmd = [str(Path(sys.executable).parent / "python"), "-m", "services.cli", "_materialize-runs"]
+    cmd += ["--select", select, "--definitions", definitions or DEFINITIONS_FILE]
     if first is not None and last is not None:
-        cmd = [str(bin_dir / "python"), "-m", "services.cli", "_materialize-range"]
-        cmd += ["--select", select, "--from", first, "--to", last]
-    else:
-        cmd = [str(bin_dir / "dagster"), "asset", "materialize", "-f", DEFINITIONS_FILE, "--select", select]
-        cmd += ["--partition", partition] if partition else []
+        cmd += ["--from", first, "--to", last]
+    elif partition:
+        cmd += ["--partition", partition]
     return subprocess.run(cmd, cwd=settings.PROJECT_ROOT, env=env, check=False).returncode
 
 
-def _materialize_range(select: str, first: str, last: str) -> int:
-    """A range of partitions in as few runs as the selected assets' BackfillPolicy allows.
+def _materialize_runs(
+    select: str, definitions: str, partition: str | None, first: str | None, last: str | None
+) -> int:
+    """The selection's runs, in this process's instance; exit 1 when a run or a check failed.
 
-    `dagster asset materialize --partition-range` takes only single-run assets; the raw and
-    cleansed tiers have BackfillPolicy.multi_run(31), so this does what that command does, one
-    run per chunk of the range, each tagged with its range like a backfill's runs.
+    One partition or an unpartitioned selection is one run, as `dagster asset materialize` makes
+    it. A range runs in as few runs as the selected assets' BackfillPolicy allows:
+    `dagster asset materialize --partition-range` takes only single-run assets, and the raw and
+    cleansed tiers have BackfillPolicy.multi_run(31), so this does what that command does, one run
+    per chunk of the range, each tagged with its range like a backfill's runs.
     """
     import dagster as dg
     from dagster._cli.workspace.cli_target import (
@@ -221,7 +265,7 @@ def _materialize_range(select: str, first: str, last: str) -> int:
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from dagster._utils.hosted_user_process import recon_job_from_origin, recon_repository_from_origin
 
-    origin = get_repository_python_origin_from_cli_opts(PythonPointerOpts(python_file=DEFINITIONS_FILE))
+    origin = get_repository_python_origin_from_cli_opts(PythonPointerOpts(python_file=definitions))
     repo = recon_repository_from_origin(origin).get_definition()
     keys = dg.AssetSelection.from_coercible(select.split(",")).resolve(repo.asset_graph)
     job = repo.get_implicit_job_def_for_assets(keys)
@@ -230,32 +274,119 @@ def _materialize_range(select: str, first: str, last: str) -> int:
         return 2
     nodes = [repo.asset_graph.get(k) for k in keys]
     partitions_def = next((n.partitions_def for n in nodes if n.partitions_def), None)
-    if partitions_def is None:
-        print("dp: --from/--to need partitioned assets", file=sys.stderr)
+    runs: list[tuple[str, dict[str, str]]] = []  # (what the run covers, its tags)
+    if partitions_def is None and (partition or first):
+        print("dp: --partition and --from/--to need partitioned assets", file=sys.stderr)
         return 2
-    all_keys = partitions_def.get_partition_keys()
-    if first not in all_keys or last not in all_keys or all_keys.index(first) > all_keys.index(last):
-        print(f"dp: {first}...{last} is not a range of the assets' partitions", file=sys.stderr)
+    if partitions_def is not None and not (partition or first):
+        print("dp: the selected assets are partitioned: give --partition or --from/--to", file=sys.stderr)
         return 2
-    wanted = all_keys[all_keys.index(first) : all_keys.index(last) + 1]
-    per_run = len(wanted)
-    for node in nodes:
-        policy = node.backfill_policy
-        if policy is None:
-            per_run = 1  # without a policy an asset runs one partition at a time
-        elif policy.policy_type == BackfillPolicyType.MULTI_RUN and policy.max_partitions_per_run:
-            per_run = min(per_run, policy.max_partitions_per_run)
-    recon_job = recon_job_from_origin(JobPythonOrigin(job.name, repository_origin=origin))
-    failed = 0
-    with dg.DagsterInstance.get() as instance:
+    all_keys = partitions_def.get_partition_keys() if partitions_def else []
+    if partition:
+        if partition not in all_keys:
+            print(f"dp: {partition} is not a partition of the selected assets", file=sys.stderr)
+            return 2
+        runs = [(partition, dict(job.get_tags_for_partition_key(partition, selected_asset_keys=keys)))]
+    elif first is not None and last is not None:
+        if first not in all_keys or last not in all_keys or all_keys.index(first) > all_keys.index(last):
+            print(f"dp: {first}...{last} is not a range of the assets' partitions", file=sys.stderr)
+            return 2
+        wanted = all_keys[all_keys.index(first) : all_keys.index(last) + 1]
+        per_run = len(wanted)
+        for node in nodes:
+            policy = node.backfill_policy
+            if policy is None:
+                per_run = 1  # without a policy an asset runs one partition at a time
+            elif policy.policy_type == BackfillPolicyType.MULTI_RUN and policy.max_partitions_per_run:
+                per_run = min(per_run, policy.max_partitions_per_run)
         for at in range(0, len(wanted), per_run):
             chunk = wanted[at : at + per_run]
             tags = {ASSET_PARTITION_RANGE_START_TAG: chunk[0], ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}
+            runs.append((f"{chunk[0]}...{chunk[-1]}", tags))
+    else:
+        runs = [("all", {})]
+    recon_job = recon_job_from_origin(JobPythonOrigin(job.name, repository_origin=origin))
+    failed = 0
+    with dg.DagsterInstance.get() as instance:
+        for label, tags in runs:
             with dg.execute_job(recon_job, instance, asset_selection=list(keys), tags=tags) as result:
-                outcome = "success" if result.success else "failed"
-                print(f"run {result.run_id} {chunk[0]}...{chunk[-1]}: {outcome}", flush=True)
-                failed += not result.success
+                failed += not _report_run(result, label)
     return 1 if failed else 0
+
+
+def _report_run(result, label: str) -> bool:
+    """Print the run's outcome; for a failure, each failed check with its metadata figures (source
+    and lake counts, mismatches, ...), each failed step's error and the run's failure message.
+    True when the run succeeded and no check of severity ERROR failed."""
+    import dagster as dg
+
+    failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    errors = [e for e in failed_checks if e.severity == dg.AssetCheckSeverity.ERROR]
+    outcome = "success" if result.success else "failed"
+    if result.success and failed_checks:
+        outcome += f", but {len(failed_checks)} check(s) failed"
+    print(f"run {result.run_id} {label}: {outcome}", flush=True)
+    for evaluation in failed_checks:
+        blocking = ", blocking" if evaluation.blocking else ""
+        severity = evaluation.severity.value
+        check = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+        print(f"  check {check} failed ({severity}{blocking})")
+        if evaluation.description:
+            print(f"    {evaluation.description}")
+        for name, value in evaluation.metadata.items():
+            print(f"    {name}: {_figure(value)}")
+    for event in result.get_step_failure_events():
+        failure = event.step_failure_data
+        print(f"  step {event.step_key} failed: {_error_text(failure.error)}")
+        user = failure.user_failure_data
+        for name, value in (user.metadata if user else {}).items():
+            print(f"    {name}: {_figure(value)}")
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            print(f"  run failure: {event.message}")
+    sys.stdout.flush()
+    return result.success and not errors
+
+
+FIGURE_CHARS = 2000  # one metadata value printed; the UI has the whole of it
+
+
+def _figure(value) -> str:
+    """A metadata value as text: numbers as they are, JSON compact."""
+    import json
+
+    raw = getattr(value, "value", value)
+    text = raw if isinstance(raw, str) else json.dumps(raw, default=str, sort_keys=True)
+    return text if len(text) <= FIGURE_CHARS else text[:FIGURE_CHARS] + " ..."
+
+
+def _error_text(error) -> str:
+    """An error's message and its causes' (the user's exception under Dagster's wrapper)."""
+    parts = []
+    while error is not None:
+        message = error.message.strip()
+        if message:
+            parts.append(message)
+        error = error.cause
+    return "\n    caused by: ".join(parts) if parts else "(no message)"
+
+
+def _migration(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from services import migration_cli
+
+    command = args.migration_command
+    if command == "preflight":
+        return migration_cli.preflight(args.source, args.table, args.registry)
+    if command == "reset":
+        return migration_cli.reset(args.table, yes=args.yes)
+    if command == "resync":
+        if (args.first is None) != (args.last is None):
+            parser.error("--from and --to go together")
+        return migration_cli.resync(args.table, args.first, args.last, run=not args.no_run)
+    if command == "status":
+        return migration_cli.status(args.table, args.limit)
+    parser.error(f"unknown migration command {command}")
+    return 2
 
 
 if __name__ == "__main__":
