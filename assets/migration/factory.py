@@ -214,6 +214,15 @@ def build_table_assets(source: SourceSystem, table: TableSpec) -> list[dg.Assets
             _record(context, status_name, "raw", where, started, "failed", result.total_rows, exc)
             raise
         held_back = _hold_back(lake, dataset, verdict)
+        run_keys = set(context.partition_keys) if parts else {"all"}
+        for part in verdict.checks:  # earlier partitions the re-check repaired changed too:
+            if part.repaired_rows and part.partition not in run_keys:  # their downstream re-runs
+                yield dg.AssetMaterialization(
+                    asset_key=raw_key,
+                    partition=part.partition,
+                    description="Repaired by a later load's re-check against the source.",
+                    metadata={"repaired_rows": part.repaired_rows, "repaired_by_run": context.run.run_id},
+                )
         for key_, (check, reason, _figures) in verdict.failures.items():
             _record(context, status_name, "raw", key_, started, "check_failed", error=f"{check}: {reason}")
         if not verdict.failures:

@@ -273,7 +273,8 @@ def _seen(
                 try:
                     for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
                         if since is not None:
-                            batch = batch.filter(pc.greater(batch.column(spec.watermark_column), since))
+                            marks = batch.column(spec.watermark_column)
+                            batch = batch.filter(pc.greater(marks, pa.scalar(since, marks.type)))
                         if batch.num_rows:
                             parts.append(_identities(con, batch, spec, plan))
                 finally:
@@ -293,9 +294,7 @@ def _identities(con: Any, batch: pa.RecordBatch, spec: TableSpec, plan: TablePla
         return pa.Table.from_batches([batch.select(spec.primary_key)])
     con.register("rows_", pa.Table.from_batches([batch]))
     try:
-        return con.execute(
-            f"SELECT {lake_row_hash(plan.columns)} AS _row_hash FROM rows_"
-        ).fetch_arrow_table()
+        return con.execute(f"SELECT {lake_row_hash(plan.columns)} AS _row_hash FROM rows_").to_arrow_table()
     finally:
         con.unregister("rows_")
 
@@ -324,7 +323,7 @@ class _Unseen:
                 ids = ids.append_column("__i", pa.array(range(batch.num_rows), pa.int64()))
                 con.register("ids", ids)
                 keep = con.execute(f"SELECT __i FROM ids ANTI JOIN seen USING ({using}) ORDER BY __i")
-                indices = keep.fetch_arrow_table().column("__i")
+                indices = keep.to_arrow_table().column("__i").combine_chunks()
                 con.unregister("ids")
                 self.skipped += batch.num_rows - len(indices)
                 if len(indices) == batch.num_rows:
