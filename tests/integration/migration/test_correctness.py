@@ -359,7 +359,14 @@ def test_every_odd_column_type_lands_typed_and_checks_out(url, local_lake, tmp_p
     _run(url, PG_ROW if dialect == "postgresql" else MARIADB_ROW, _odd_rows(dialect))
     pipe = Pipeline(
         url,
-        {"name": "odd", "source_table": "odd", "load_mode": "overwrite", "primary_key": ["id"]},
+        {
+            "name": "odd",
+            "source_table": "odd",
+            "load_mode": "overwrite",
+            "primary_key": ["id"],
+            # The cleansed tier keeps values as they are, so the warehouse can equal the source.
+            "string_rules": {"trim": False, "empty_to_null": False, "null_tokens": []},
+        },
         local_lake,
         tmp_path,
     )
@@ -374,9 +381,8 @@ def test_every_odd_column_type_lands_typed_and_checks_out(url, local_lake, tmp_p
         )
         assert schema.field("b").type == pa.binary() and schema.field("flag").type == pa.bool_()
     else:
-        assert (
-            schema.field("big").type == pa.uint64() and schema.field("n").type == pa.decimal128(50, 12)
-        ) or (schema.field("n").type == pa.string())
+        # DECIMAL(50, 12) is wider than Arrow's decimal128: exact text.
+        assert schema.field("big").type == pa.uint64() and schema.field("n").type == pa.string()
         assert (
             schema.field("tz").type == pa.timestamp("us", tz="UTC")
             and schema.field("flag").type == pa.bool_()
