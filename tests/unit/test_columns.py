@@ -134,7 +134,8 @@ def mysql(data_type: str, column_type: str, precision=None, scale=None) -> Sourc
         (mysql("mediumint", "mediumint(8) unsigned", 7, 0), pa.uint32(), "int", M),
         (mysql("int", "int(11)", 10, 0), pa.int32(), "int", M),
         (mysql("bigint", "bigint(20) unsigned", 20, 0), pa.uint64(), "int", M),
-        (mysql("float", "float", 12, None), pa.float32(), "float", M),
+        # Read as a DOUBLE: the text protocol would round a FLOAT to 6 significant digits.
+        (mysql("float", "float", 12, None), pa.float32(), "float", f"CAST({M} AS DOUBLE)"),
         (mysql("double", "double", 22, None), pa.float64(), "float", M),
         (mysql("decimal", "decimal(12,2)", 12, 2), pa.decimal128(12, 2), "decimal", M),
         (mysql("decimal", "decimal(65,10)", 65, 10), pa.string(), "string", f"CAST({M} AS CHAR)"),
