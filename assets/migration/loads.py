@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from assets.migration import DOMAIN
 from assets.migration.columns import TablePlan
-from assets.migration.extract import conform, read_table, stream, table_ref
+from assets.migration.extract import conform, read_table, table_ref
 from assets.migration.preflight import plan_table
 from assets.migration.registry import LoadMode, TableSpec
 from assets.migration.rowhash import duckdb_session, lake_row_hash
@@ -30,7 +30,6 @@ from resources.lake.datasets import (
     LoadState,
     PartitionWriter,
     partition_schema,
-    read_parquet_object,
     read_partition_batches,
 )
 from resources.lake.datasets import partition_end as _grain_end
@@ -126,7 +125,7 @@ def load_raw(
     elif spec.load_mode == LoadMode.APPEND:
         result = _append(lake, source, spec, plan, dataset, partitions)
     else:
-        result = _upsert(lake, source, spec, plan, dataset)
+        result = _upsert(lake, source, spec, plan, dataset, partitions)
     result.plan = plan
     apply_retention(lake, spec, dataset)
     return result
@@ -338,68 +337,24 @@ def _unseen(batches: Any, schema: pa.Schema, spec: TableSpec, plan: TablePlan, s
     return _Unseen(batches, schema, spec, plan, seen)
 
 
-def _upsert(lake: LakeStorage, source: SqlSource, spec: TableSpec, plan: TablePlan, dataset: str) -> RawLoad:
-    import duckdb
-    import pyarrow as pa
-    import sqlalchemy as sa
+def _upsert(
+    lake: LakeStorage,
+    source: SqlSource,
+    spec: TableSpec,
+    plan: TablePlan,
+    dataset: str,
+    partitions: list[LakePartition] | None,
+) -> RawLoad:
+    from assets.migration.upsert import load_upsert
 
-    assert spec.watermark_column
-    state = LoadState(lake, DOMAIN, dataset)
-    schema = plan.schema
-    low = state.watermark(None)
-    high = source_max(source, spec, spec.watermark_column)
-    column: Any = sa.column(spec.watermark_column)
-    where = ([column > low] if low is not None else []) + ([column <= high] if high is not None else [])
-    changed = pa.Table.from_batches(
-        [conform(b, schema) for b in _reader(source, spec, plan, where)], schema=schema
-    )
-    key_schema = pa.schema([schema.field(k) for k in spec.primary_key])
-    key_select: Any = sa.select(*[sa.column(k) for k in spec.primary_key]).select_from(
-        table_ref(spec.source_table)
-    )
-    key_sql = str(key_select.compile(dialect=source.engine().dialect))
-
-    keys = pa.Table.from_batches(
-        [conform(b, key_schema) for b in stream(source, key_sql, 500_000)], schema=key_schema
-    )
-    old_key = object_key(Tier.RAW, DOMAIN, dataset, DATA_FILE)
-    old = read_parquet_object(lake, old_key) if lake.exists(old_key) else schema.empty_table()
-
-    using = ", ".join(quote_identifier(k) for k in spec.primary_key)
-    con = duckdb.connect()
-    try:
-        con.register("old", old)
-        con.register("changed", changed)
-        con.register("keys", keys)
-        con.execute(f"CREATE TEMP TABLE live AS SELECT * FROM changed SEMI JOIN keys USING ({using})")
-        counts = con.execute(
-            f"""SELECT
-                (SELECT count(*) FROM live ANTI JOIN old USING ({using})),
-                (SELECT count(*) FROM live SEMI JOIN old USING ({using})),
-                (SELECT count(*) FROM old ANTI JOIN keys USING ({using}))"""
-        ).fetchall()[0]
-        merged = con.sql(
-            f"""SELECT * FROM (SELECT * FROM old SEMI JOIN keys USING ({using}))
-                ANTI JOIN live USING ({using})
-                UNION ALL BY NAME SELECT * FROM live"""
-        ).to_arrow_table()
-    finally:
-        con.close()
-    assert counts is not None
-    merged = merged.select(schema.names).cast(schema)
-    writer = PartitionWriter(lake, Tier.RAW, DOMAIN, dataset, schema, DATA_FILE)
-    writer.ensure([None])
-    _write(writer, merged.to_batches(max_chunksize=spec.fetch_size), schema)
-    if high is not None:
-        state.set_watermark(None, high)
-    state.save()
+    merged = load_upsert(lake, source, spec, plan, dataset, partitions)
     return RawLoad(
-        "upsert",
-        rows={"all": merged.num_rows},
-        inserted=counts[0],
-        updated=counts[1],
-        deleted=counts[2],
-        watermark=high,
+        f"upsert ({merged.detection})",
+        rows=merged.rows,
+        inserted=merged.inserted,
+        updated=merged.updated,
+        deleted=merged.deleted,
+        watermark=merged.watermark,
     )
 
 
