@@ -110,7 +110,10 @@ def describe(source: SqlSource, table: str) -> list[SourceColumn]:
 
 
 _PG_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), b.typname, b.typtype, e.typname
+SELECT a.attname,
+       CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
+            ELSE format_type(a.atttypid, a.atttypmod) END,
+       b.typname, b.typtype, e.typname
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -146,9 +149,10 @@ def _modifiers(full_type: str) -> tuple[int | None, int | None]:
 def _pg_column(name: str, full_type: str, base: str, typtype: str, element: str | None) -> SourceColumn:
     precision, scale = _modifiers(full_type)
     # format_type names the base type with its modifiers: 'numeric(12,2)', 'timestamp(3) with time zone'.
+    # Domains arrive as their base type's name; intervals may carry fields ('interval day to second').
     type_name = _MODIFIERS.sub("", full_type).replace("[]", "").strip() if not element else "array"
-    if typtype == "d":
-        type_name = base
+    if type_name.startswith("interval"):
+        type_name = "interval"
     return SourceColumn(
         name, type_name, full_type, precision, scale, element.lstrip("_") if element else None, typtype == "e"
     )
