@@ -353,6 +353,8 @@ def _oracle(column: SourceColumn, q: str) -> ColumnPlan | None:
     if t == "number":
         if column.precision is not None and (column.scale or 0) == 0 and column.precision <= 18:
             return _plan(column, q, pa.int64(), "int")
+        if column.precision is None and column.scale == 0:  # INTEGER: NUMBER(*, 0), up to 38 digits
+            return _plan(column, q, pa.decimal128(38, 0), "decimal")
         return _decimal(column, q, f"TO_CHAR({q}, 'TM9')")
     if t in ("float", "binary_double"):
         return _plan(column, q, pa.float64(), "float")

@@ -186,6 +186,7 @@ def oracle(data_type: str, precision: int | None = None, scale: int | None = Non
     [
         # NUMBER without precision holds up to 38 digits at any scale: its exact text.
         (oracle("NUMBER"), pa.string(), "string", f"TO_CHAR({ORA}, 'TM9')"),
+        (oracle("NUMBER", None, 0), pa.decimal128(38, 0), "decimal", ORA),  # INTEGER
         (oracle("NUMBER", 10, 0), pa.int64(), "int", ORA),
         (oracle("NUMBER", 18, 0), pa.int64(), "int", ORA),
         (oracle("NUMBER", 19, 0), pa.decimal128(19, 0), "decimal", ORA),
