@@ -45,12 +45,33 @@ def partition_end(partition: LakePartition, grain: Grain) -> date:
     return start + timedelta(days=1)
 
 
+# Row groups of 256Ki rows, from batches held until a group is full, with at most BUFFER_BYTES
+# of Arrow data held across a writer's partitions (a flush then writes the largest partition's
+# rows as a smaller group). A dictionary is given up past 1 byte a row of the group, the ratio
+# of Arrow's defaults (1 MiB at 1Mi rows): near-unique columns go plain early, low-cardinality
+# ones stay dictionary-encoded. Measured on 10M rows of a 10-column table: one row group per
+# incoming batch (~100k rows) wrote 318 MB for 4.3 CPU-s, every group building its dictionaries
+# afresh; these settings 174 MB for 3.4 CPU-s, as pq.write_table's defaults (1Mi rows, 165 MB,
+# 3.4-4.2 CPU-s) with 9 MB of writer memory instead of 33 MB and a quarter of the buffer.
+ROW_GROUP_ROWS = 1 << 18
+BUFFER_BYTES = 32 << 20
+
+
+@dataclass
+class _Pending:
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+
+
 @dataclass
 class PartitionWriter:
     """Splits batches by partition value and streams each partition into its own file.
 
     Files are written in the lake's scratch area and moved into place on commit,
     each atomically, so a reader sees a partition's old file or its new one.
+    Rows are written in row groups of up to row_group_rows, with at most buffer_bytes
+    of Arrow data waiting for a group across all partitions.
     """
 
     lake: LakeStorage
@@ -62,7 +83,11 @@ class PartitionWriter:
     partition_column: str | None = None
     grain: Grain = Grain.NONE
     rows: dict[LakePartition | None, int] = field(default_factory=dict)
+    row_group_rows: int = ROW_GROUP_ROWS
+    buffer_bytes: int = BUFFER_BYTES
     _writers: dict[LakePartition | None, tuple[Any, Path]] = field(default_factory=dict)
+    _pending: dict[LakePartition | None, _Pending] = field(default_factory=dict)
+    _buffered: int = 0
 
     def _writer(self, partition: LakePartition | None) -> Any:
         import pyarrow.parquet as pq
@@ -70,7 +95,12 @@ class PartitionWriter:
         if partition not in self._writers:
             path = self.lake.scratch_dir() / f"{uuid.uuid4().hex}.parquet"
             self._writers[partition] = (
-                pq.ParquetWriter(path, self.schema, compression=PARQUET_COMPRESSION),
+                pq.ParquetWriter(
+                    path,
+                    self.schema,
+                    compression=PARQUET_COMPRESSION,
+                    dictionary_pagesize_limit=max(1 << 16, self.row_group_rows),
+                ),
                 path,
             )
             self.rows[partition] = 0
@@ -82,9 +112,12 @@ class PartitionWriter:
 
         if batch.num_rows == 0:
             return
+        if not batch.schema.equals(self.schema, check_metadata=False):
+            raise ValueError(
+                f"{self.dataset}: batch schema does not match the file's:\n{batch.schema}\nvs.\n{self.schema}"
+            )
         if self.partition_column is None:
-            self._writer(None).write_batch(batch)
-            self.rows[None] += batch.num_rows
+            self._add(None, batch)
             return
         days = batch.column(self.partition_column).cast(pa.date32())
         if days.null_count:
@@ -92,10 +125,37 @@ class PartitionWriter:
                 f"{self.dataset}: {days.null_count} rows have no {self.partition_column}, so no partition"
             )
         for day in pc.unique(days).to_pylist():
-            part = partition_of(day, self.grain)
             chunk = batch.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-            self._writer(part).write_batch(chunk)
-            self.rows[part] += chunk.num_rows
+            self._add(partition_of(day, self.grain), chunk)
+
+    def _add(self, partition: LakePartition | None, batch: pa.RecordBatch) -> None:
+        self._writer(partition)
+        self.rows[partition] += batch.num_rows
+        pending = self._pending.setdefault(partition, _Pending())
+        pending.batches.append(batch)
+        pending.rows += batch.num_rows
+        pending.nbytes += batch.nbytes
+        self._buffered += batch.nbytes
+        if pending.rows >= self.row_group_rows:
+            self._flush(partition, whole_groups=True)
+        while self._buffered > self.buffer_bytes:
+            self._flush(max(self._pending, key=lambda p: self._pending[p].nbytes))
+
+    def _flush(self, partition: LakePartition | None, whole_groups: bool = False) -> None:
+        """Write a partition's waiting rows: all of them, or only its full row groups."""
+        import pyarrow as pa
+
+        pending = self._pending.pop(partition)
+        self._buffered -= pending.nbytes
+        table = pa.Table.from_batches(pending.batches, schema=self.schema)
+        cut = table.num_rows - table.num_rows % self.row_group_rows if whole_groups else table.num_rows
+        if cut:
+            self._writers[partition][0].write_table(table.slice(0, cut), row_group_size=self.row_group_rows)
+        if cut < table.num_rows:
+            rest = _Pending(table.slice(cut).to_batches(), table.num_rows - cut)
+            rest.nbytes = sum(b.nbytes for b in rest.batches)
+            self._pending[partition] = rest
+            self._buffered += rest.nbytes
 
     def ensure(self, partitions: list[LakePartition | None]) -> None:
         """Partitions that must be written even if empty (an overwrite to nothing)."""
@@ -103,6 +163,8 @@ class PartitionWriter:
             self._writer(partition)
 
     def commit(self) -> dict[LakePartition | None, str]:
+        for partition in list(self._pending):
+            self._flush(partition)
         keys = {}
         for partition, (writer, path) in self._writers.items():
             writer.close()
@@ -113,6 +175,8 @@ class PartitionWriter:
         return keys
 
     def abort(self) -> None:
+        self._pending.clear()
+        self._buffered = 0
         for writer, path in self._writers.values():
             try:
                 writer.close()
