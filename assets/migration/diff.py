@@ -212,7 +212,8 @@ def lake_reader(
 
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
-            with pq.ParquetFile(path) as file:
+            # pre_buffer off: on, the reader buffers every row group of the file ahead (its whole size).
+            with pq.ParquetFile(path, pre_buffer=False) as file:
                 present = set(file.schema_arrow.names)
                 wanted = [n for n in names if n in present]
                 for batch in file.iter_batches(batch_size=batch_rows, columns=wanted):
@@ -463,6 +464,11 @@ class HashDiff:
             int(lake_sum),
         )
         return self.counts
+
+    def release(self) -> None:
+        """Drop the two sides once compared (the diff stays): their memory goes to what follows."""
+        self.con.execute("DROP TABLE IF EXISTS src")
+        self.con.execute("DROP TABLE IF EXISTS lk")
 
     def columns(self) -> list[str]:
         return self.key or [HASH_COLUMN]

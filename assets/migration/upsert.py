@@ -28,8 +28,10 @@ converges either way.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,11 +68,14 @@ if TYPE_CHECKING:
 
     from resources.sql_source import SqlSource
 
+log = logging.getLogger(__name__)
+
 DATA_FILE = "data.parquet"  # an upsert partition's one file (as overwrite names it)
-OUTPUT_BATCH_ROWS = 131_072
+LAKE_BATCH_ROWS = 32_768  # rows of the old file handed to DuckDB at a time
+OUTPUT_BATCH_ROWS = 65_536
 # Row groups of up to 1Mi rows, or fewer when their Arrow data passes GROUP_BYTES first.
 GROUP_ROWS = 1 << 20
-GROUP_BYTES = 64 << 20
+GROUP_BYTES = 32 << 20
 
 
 @dataclass
@@ -280,7 +285,7 @@ class _Run:
     ) -> int:
         """The partition's new file from a DuckDB SELECT over `old_rows` (the old file's rows)."""
         name = "old_rows"
-        con.register(name, lake_reader(paths, self.plan))
+        con.register(name, lake_reader(paths, self.plan, batch_rows=LAKE_BATCH_ROWS))
         try:
             output = con.sql(sql).to_arrow_reader(OUTPUT_BATCH_ROWS)
             return self._write(partition, (conform(b, self.plan.schema) for b in output), old)
@@ -315,6 +320,7 @@ class _Run:
         if not old:
             rows = self.reload(partition, where, old)
             return _Outcome(rows, inserted=rows, how="reloaded")
+        started = time.perf_counter()
         with (
             local_files(self.lake, old) as paths,
             HashDiff(self.key, memory_limit=self.memory_limit, spill_dir=self.scratch) as hd,
@@ -329,13 +335,25 @@ class _Run:
                     parallel=self.spec.parallel_reads,
                 )
             )
-            hd.add_lake_rows(lake_reader(paths, self.plan, batch_rows=OUTPUT_BATCH_ROWS), self.plan)
+            hd.add_lake_rows(lake_reader(paths, self.plan, batch_rows=LAKE_BATCH_ROWS), self.plan)
             counts = hd.compare(unique=len(old) == 1)
+            log.info(
+                "%s %s: %d source rows, %d lake rows; %d missing, %d changed, %d extra (%.1f s)",
+                self.spec.name,
+                partition.dagster_key if partition else "all",
+                counts.source_rows,
+                counts.lake_rows,
+                counts.missing,
+                counts.changed,
+                counts.extra,
+                time.perf_counter() - started,
+            )
             if counts.in_sync and self._clean(old):
                 return _Outcome(counts.lake_rows)
             if counts.missing + counts.changed > self.reload_ratio * max(counts.source_rows, 1):
                 rows = self.reload(partition, where, old)
                 return _Outcome(rows, counts.missing, counts.changed, counts.extra, how="reloaded")
+            hd.release()
             keys = hd.keys(MISSING, CHANGED, order=True)
             ingest(hd.con, "new_rows", self.fetch(keys, where), self.plan.schema)
             found = dict(
@@ -345,6 +363,12 @@ class _Run:
                 ).fetchall()
             )
             inserted, updated = found.get(MISSING, 0), found.get(CHANGED, 0)
+            log.info(
+                "%s: %d rows read again by key (%.1f s)",
+                self.spec.name,
+                inserted + updated,
+                time.perf_counter() - started,
+            )
             # Changed keys the source no longer holds by the time they were read are deleted too.
             deleted = counts.extra + counts.changed - updated
             dropped = hd.keys_sql(CHANGED, EXTRA)
@@ -358,6 +382,7 @@ class _Run:
                     UNION ALL
                     SELECT {self.output_columns()} FROM new_rows""",
             )
+            log.info("%s: %d rows rewritten (%.1f s)", self.spec.name, rows, time.perf_counter() - started)
             return _Outcome(rows, inserted, updated, deleted, how="rewritten")
 
     # --- watermark ---------------------------------------------------------------------------
