@@ -56,7 +56,7 @@ from assets.migration.diff import (
     session,
     source_hashes,
 )
-from assets.migration.extract import conform, key_ranges, table_ref
+from assets.migration.extract import conform, read_table, table_ref
 from assets.migration.registry import ChangeDetection, LoadMode, TableSpec
 from resources.lake import LakePartition, LakeStorage, LoadState, Tier
 from resources.lake.datasets import partition_end
@@ -75,7 +75,7 @@ LAKE_BATCH_ROWS = 32_768  # rows of the old file handed to DuckDB at a time
 OUTPUT_BATCH_ROWS = 65_536
 # Row groups of up to 1Mi rows, or fewer when their Arrow data passes GROUP_BYTES first.
 GROUP_ROWS = 1 << 20
-GROUP_BYTES = 32 << 20
+GROUP_BYTES = 64 << 20
 
 
 @dataclass
@@ -107,8 +107,13 @@ def load_upsert(
     reload_ratio: float = 0.25,
 ) -> UpsertResult:
     """Merge the source into the lake's raw tier for the run's partitions (the whole table when
-    unpartitioned), by the table's change detection; memory stays within about memory_limit
-    plus a few batches of fetch_size rows, whatever the table's size."""
+    unpartitioned), by the table's change detection.
+
+    Memory does not grow with the table: DuckDB works under memory_limit on disk in the lake's
+    scratch area, and Python holds a few batches (fetch_size rows, or a row group being written).
+    Changed and missing rows are read again key_chunk keys a query; a partition with more than
+    reload_ratio of its source rows to read again is read whole instead.
+    """
     if spec.load_mode != LoadMode.UPSERT:
         raise ValueError(f"table {spec.name!r}: load_mode is {spec.load_mode}, not upsert")
     if spec.partitioned and not partitions:
@@ -186,34 +191,42 @@ class _Run:
     def files(self, partition: LakePartition | None) -> list[str]:
         return partition_keys(self.lake, Tier.RAW, DOMAIN, self.dataset, partition)
 
-    def _clean(self, keys: list[str]) -> bool:
-        """The partition is one data.parquet (nothing to tidy even when nothing changed)."""
-        return len(keys) == 1 and keys[0].rsplit("/", 1)[-1] == DATA_FILE
+    def _clean(self, keys: list[str], paths: list[Path]) -> bool:
+        """The partition is one data.parquet of exactly the plan's schema: when no row changed,
+        there is nothing to tidy (other files to merge, columns to bring to the plan's types)."""
+        import pyarrow.parquet as pq
+
+        if len(keys) != 1 or keys[0].rsplit("/", 1)[-1] != DATA_FILE:
+            return False
+        return bool(pq.read_schema(paths[0]).equals(self.plan.schema, check_metadata=False))
 
     # --- reading the source ----------------------------------------------------------------
-    def _split(self, where: list[Any]) -> list[list[Any]]:
-        """where, or where and each key range when the table is read by several readers."""
-        if self.spec.parallel_reads <= 1 or not self.key:
-            return [where]
-        ranges = key_ranges(self.db, self.plan, self.key[0], self.spec.parallel_reads, where)
-        return [[*where, r] for r in ranges]
+    def _read(self, plan: TablePlan, where: list[Any], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        split = self.key[0] if self.spec.parallel_reads > 1 and self.key else None
+        batches = read_table(
+            self.db,
+            plan,
+            where=where,
+            batch_rows=batch_rows,
+            parallel=self.spec.parallel_reads,
+            split_column=split,
+        )
+        for batch in batches:
+            yield conform(batch, plan.schema)
 
     def read(self, where: list[Any]) -> Iterator[pa.RecordBatch]:
-        """The plan's columns of the source rows matching where (in parallel key ranges)."""
-        sqls = [render(self.db, self.plan, w) for w in self._split(where)]
-        for batch in read_sqls(self.db, sqls, self.spec.fetch_size):
-            yield conform(batch, self.plan.schema)
+        """The plan's columns of the source rows matching where (as overwrite reads them: in
+        parallel key ranges when the table has parallel_reads)."""
+        return self._read(self.plan, where, self.spec.fetch_size)
 
     def read_keys(self, where: list[Any]) -> Iterator[pa.RecordBatch]:
         """The key columns of the source rows matching where."""
         keys = TablePlan(self.plan.table, self.plan.dialect, [self.plan.column(k) for k in self.key])
-        sqls = [render(self.db, keys, w) for w in self._split(where)]
-        for batch in read_sqls(self.db, sqls, max(self.spec.fetch_size, 200_000)):
-            yield conform(batch, keys.schema)
+        return self._read(keys, where, max(self.spec.fetch_size, 200_000))
 
     def fetch(self, keys: pa.Table, where: list[Any]) -> Iterator[pa.RecordBatch]:
         """The source rows of the given keys (that still match where), key_chunk keys a query,
-        parallel_reads queries at once."""
+        parallel_reads queries at once. Rendered by diff.render: a key's text may hold a '%'."""
         sqls = [
             render(self.db, self.plan, [*where, self._key_predicate(keys.slice(start, self.key_chunk))])
             for start in range(0, keys.num_rows, self.key_chunk)
@@ -348,7 +361,7 @@ class _Run:
                 counts.extra,
                 time.perf_counter() - started,
             )
-            if counts.in_sync and self._clean(old):
+            if counts.in_sync and self._clean(old, paths):
                 return _Outcome(counts.lake_rows)
             if counts.missing + counts.changed > self.reload_ratio * max(counts.source_rows, 1):
                 rows = self.reload(partition, where, old)
@@ -432,7 +445,7 @@ class _Run:
                         (SELECT count(*) FROM old_keys o ANTI JOIN keys k ON {self._match("o", "k")}),
                         (SELECT count(*) FROM old_keys)"""
                 ).fetchall()[0]
-                if not (inserted or updated or deleted) and self._clean(old):
+                if not (inserted or updated or deleted) and self._clean(old, paths):
                     return _Outcome(int(kept))
                 rows = self.rewrite(
                     con,

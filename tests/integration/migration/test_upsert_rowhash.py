@@ -178,6 +178,60 @@ def test_row_hash_upsert_finds_in_place_updates_deletes_and_inserts(db, lake):  
     assert _scratch_leftovers(lake) == []
 
 
+def test_a_lake_file_of_other_types_is_rewritten_to_the_plans_schema(db, local_lake):
+    spec = _accounts_table(db, 30)
+    plan = plan_table(db, spec)
+    # The same values under other types (an earlier load's): every row hashes the same.
+    older = pa.schema(
+        [
+            f.with_type(pa.int32() if f.name == "account_id" else pa.decimal128(20, 2))
+            if f.name in ("account_id", "balance")
+            else f
+            for f in plan.schema
+        ]
+    )
+    local_lake.write_parquet(
+        _source(db, plan).cast(older), Tier.RAW, DOMAIN, "t__accounts", filename="data.parquet"
+    )
+    result = load_upsert(local_lake, db, spec, plan, "t__accounts", None)
+    assert (result.inserted, result.updated, result.deleted) == (0, 0, 0)
+    assert result.rewritten == ["all"]
+    _assert_lake_equals_source(db, local_lake, "t__accounts", plan, ["account_id"])  # plan's schema
+
+
+def test_a_composite_text_key_with_quotes_and_percent_signs_is_read_again_by_key(db, local_lake):
+    odd = ["50%-off", "O'Brien", "back\\slash", "%%", "plain"]
+    _exec(
+        db,
+        "CREATE TABLE balances (branch VARCHAR(10), account_no VARCHAR(20), balance NUMERIC(12,2),"
+        " PRIMARY KEY (branch, account_no))",
+        insert="INSERT INTO balances VALUES (:b, :a, :m)",
+        rows=[{"b": b, "a": a, "m": Decimal(i)} for i, (b, a) in enumerate((b, a) for b in odd for a in odd)],
+    )
+    spec = TableSpec(
+        name="balances",
+        description="b",
+        source_table="balances",
+        load_mode="upsert",
+        primary_key=["branch", "account_no"],
+    )
+    plan = plan_table(db, spec)
+    load_upsert(local_lake, db, spec, plan, "t__balances", None)
+    with db.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE balances SET balance = balance + 1 WHERE account_no <> 'plain'"))
+        conn.execute(
+            sa.text("DELETE FROM balances WHERE branch = :b AND account_no = :a"), {"b": "plain", "a": "%%"}
+        )
+        conn.execute(sa.text("INSERT INTO balances VALUES (:b, :a, 7)"), {"b": "new%", "a": "x'y"})
+    result = load_upsert(local_lake, db, spec, plan, "t__balances", None, key_chunk=4, reload_ratio=1.0)
+    assert (result.inserted, result.updated, result.deleted) == (
+        1,
+        19,
+        1,
+    )  # (plain, %%) updated, then deleted
+    _assert_lake_equals_source(db, local_lake, "t__balances", plan, ["branch", "account_no"])
+
+
 def test_many_changes_reload_the_table_whole(db, local_lake):
     spec = _accounts_table(db, 100)
     plan = plan_table(db, spec)
