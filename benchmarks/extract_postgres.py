@@ -1,22 +1,37 @@
-"""Copy a 10M-row PostgreSQL table to the lake's raw tier: the platform against dlt, with
-connectorx's raw read (no write) as the ceiling. One run, same machine, same table.
+"""Copy a 10M-row PostgreSQL table to local Parquet: the platform against the bare copy with
+the same parallelism (the ceiling) and dlt. Same machine, same table, alternating runs.
 
-    uv sync --group bench && uv run python benchmarks/extract_postgres.py [--rows 10000000]
+    uv sync --group bench && uv run python benchmarks/extract_postgres.py [--rows 10000000] [--rounds 3]
 
-Each contender runs in its own process, so its peak memory (ru_maxrss from
-wait4) is its own. Throughput counts the source table's rows and its
-PostgreSQL heap size.
+Contenders, each run in a fresh process of its own:
+
+  platform   assets.migration.loads.load_raw, overwrite mode, 2 readers (two connections)
+  bare copy  connectorx read_sql(partition_on=txn_id, partition_num=2) into one Arrow table,
+             then pyarrow pq.write_table with the platform's Parquet compression: what two
+             connections and Arrow's own writer do with no platform in between
+  dlt        dlt sql_table (connectorx backend) to filesystem Parquet
+
+Runs alternate (platform, bare, dlt, platform, ...) so a noisy neighbour hurts every
+contender alike. Each run's wall time, CPU seconds (ru_utime + ru_stime from wait4: the
+process's own, all its threads) and peak RSS (ru_maxrss) are its own. The targets, against
+the bare copy's medians: at least 90% of its speed (wall), at most 1.15x its CPU, and peak
+memory under 300 MB. Each output is read back and checked against the source: row count,
+sum(txn_id) and sum(amount).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -26,6 +41,10 @@ ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 DB = "bench_extract"
 URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
 TABLE = "card_transactions"
+READERS = 2
+TARGET_SPEED = 0.90  # of the bare copy's: platform wall <= bare wall / 0.9
+TARGET_CPU = 1.15  # x the bare copy's CPU seconds
+TARGET_PEAK_MB = 300
 
 CREATE = f"""
 DROP TABLE IF EXISTS {TABLE};
@@ -53,10 +72,24 @@ PLATFORM = textwrap.dedent(
     from resources.lake import LocalLake
     from resources.sql_source import SqlSource
     spec = TableSpec(name="{TABLE}", description="bench", source_table="{TABLE}", load_mode="overwrite",
-                     primary_key=["txn_id"], fetch_size=100_000, parallel_reads=int(sys.argv[2]))
-    result = load_raw(LocalLake(root=sys.argv[1]), SqlSource(url="{URL.replace("postgresql://", "postgresql+psycopg://")}"),
-                      spec, "bench__{TABLE}", None)
+                     primary_key=["txn_id"], fetch_size=100_000, parallel_reads={READERS})
+    source = SqlSource(url="{URL.replace("postgresql://", "postgresql+psycopg://")}")
+    result = load_raw(LocalLake(root=sys.argv[1]), source, spec, "bench__{TABLE}", None)
     print(result.total_rows)
+    """
+)
+
+# The compression comes as an argument: importing resources.lake would import Dagster, a cost
+# (~1.5 CPU-s, ~50 MB) that is the platform's, not the bare copy's.
+BARE = textwrap.dedent(
+    f"""
+    import sys
+    import connectorx as cx
+    import pyarrow.parquet as pq
+    table = cx.read_sql("{URL}", "SELECT * FROM {TABLE}", partition_on="txn_id",
+                        partition_num={READERS}, return_type="arrow")
+    pq.write_table(table, sys.argv[1] + "/data.parquet", compression=sys.argv[2])
+    print(table.num_rows)
     """
 )
 
@@ -73,71 +106,174 @@ DLT = textwrap.dedent(
     """
 )
 
-CONNECTORX = textwrap.dedent(
-    f"""
-    import connectorx as cx
-    table = cx.read_sql("{URL}", "SELECT * FROM {TABLE}", return_type="arrow")
-    print(table.num_rows)
-    """
-)
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    code: str
+    files: str  # glob of its Parquet output under its directory
 
 
-def run(code: str, *args: str) -> tuple[float, float, str]:
-    """(seconds, peak MB, stdout) of a fresh Python process running code."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-        fh.write(code)
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, fh.name, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()  # type: ignore[union-attr]
-    os.unlink(fh.name)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"contender failed:\n{err[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+CONTENDERS = {
+    "platform": Contender(f"platform, {READERS} readers", PLATFORM, f"**/bench__{TABLE}/*.parquet"),
+    "bare": Contender(f"bare copy (connectorx x{READERS} + pyarrow)", BARE, "data.parquet"),
+    "dlt": Contender("dlt sql_table (connectorx) -> parquet", DLT, f"raw/{TABLE}/*.parquet"),
+}
+
+Totals = tuple[int, int, Decimal]  # rows, sum(txn_id), sum(amount)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--keep", action="store_true", help="reuse the table if it has the rows")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process and its threads
+    peak_mb: float
+    file_mb: float = 0.0  # the Parquet it wrote
 
+
+def run(code: str, out_dir: Path, *args: str) -> Run:
+    """Run code in a fresh Python process; its wall time, CPU seconds and peak RSS."""
+    script = out_dir.parent / f"{out_dir.name}.py"
+    script.write_text(code)
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(out_dir), *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, all its threads
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        script.unlink()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"contender failed:\n{err.read().decode(errors='replace')[-3000:]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def totals(files: list[Path]) -> Totals:
+    """(rows, sum(txn_id), sum(amount)) of Parquet files, read back column by column."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows, ids, amount = 0, 0, Decimal(0)
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["txn_id", "amount"], batch_size=1 << 20):
+            rows += batch.num_rows
+            ids += pc.sum(batch.column("txn_id")).as_py() or 0
+            total = pc.sum(batch.column("amount")).as_py()
+            amount += Decimal(str(total)) if total is not None else 0
+    return rows, ids, amount
+
+
+def ensure_table(rows: int, keep: bool) -> tuple[float, Totals]:
+    """Create (or with keep, reuse) the table; its heap MB and (count, sum(txn_id), sum(amount))."""
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
             admin.execute(f"CREATE DATABASE {DB}")
-    with psycopg.connect(f"{ADMIN.replace('dbname=postgres', 'dbname=' + DB)}", autocommit=True) as conn:
-        have = conn.execute(f"SELECT to_regclass('{TABLE}') IS NOT NULL").fetchone()[0]
-        rows = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] if have else 0
-        if rows != args.rows or not args.keep:
+    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={DB}"), autocommit=True) as conn:
+        have = conn.execute(f"SELECT to_regclass('{TABLE}') IS NOT NULL").fetchone()
+        count = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone() if have and have[0] else None
+        if not keep or count is None or count[0] != rows:
             started = time.perf_counter()
-            conn.execute(CREATE.replace("%(rows)s", str(args.rows)))
-            print(f"made {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-        size_mb = conn.execute(f"SELECT pg_relation_size('{TABLE}')").fetchone()[0] / 1e6
+            conn.execute(CREATE.replace("%(rows)s", str(rows)))  # type: ignore[arg-type]
+            print(f"made {rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+        size = conn.execute(f"SELECT pg_relation_size('{TABLE}')").fetchone()
+        truth = conn.execute(f"SELECT count(*), sum(txn_id), sum(amount) FROM {TABLE}").fetchone()
+    assert size is not None and truth is not None
+    return size[0] / 1e6, (int(truth[0]), int(truth[1]), Decimal(truth[2]))
 
-    results = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").exists() else None) as tmp:
-        for name, code, extra in [
-            ("connectorx read (ceiling)", CONNECTORX, []),
-            ("platform, 1 reader", PLATFORM, [f"{tmp}/p1", "1"]),
-            ("platform, 2 readers", PLATFORM, [f"{tmp}/p2", "2"]),
-            ("dlt sql_table (connectorx) -> parquet", DLT, [f"{tmp}/dlt"]),
-        ]:
-            seconds, peak, out = run(code, *extra)
-            results[name] = (seconds, peak)
-            print(f"  {name}: {seconds:.1f} s, {peak:.0f} MB peak, rows {out}", flush=True)
 
-    ceiling = results["connectorx read (ceiling)"][0]
-    dlt_s = results["dlt sql_table (connectorx) -> parquet"][0]
-    print(f"\n{args.rows:,} rows, {size_mb:,.0f} MB heap, {os.cpu_count()} cores")
-    print(f"{'contender':<40}{'s':>7}{'rows/s':>12}{'MB/s':>8}{'peak MB':>9}{'vs ceiling':>11}{'vs dlt':>8}")
-    for name, (seconds, peak) in results.items():
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        *(statistics.median(getattr(r, f) for r in runs) for f in ("wall", "cpu", "peak_mb", "file_mb"))
+    )
+
+
+def main() -> None:
+    from resources.lake.paths import PARQUET_COMPRESSION  # here, not in the bare copy's process
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="reuse the table if it has the rows")
+    parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
+    args = parser.parse_args()
+
+    size_mb, truth = ensure_table(args.rows, args.keep)
+    print(
+        f"{args.rows:,} rows, {size_mb:,.0f} MB heap, {os.cpu_count()} cores, {args.rounds} rounds,"
+        f" Parquet {PARQUET_COMPRESSION}; source count/sum(txn_id)/sum(amount) = {truth}",
+        flush=True,
+    )
+    runs: dict[str, list[Run]] = {key: [] for key in args.only}
+    read_back: dict[str, Totals] = {}
+    base = ROOT / "var" if (ROOT / "var").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=base, prefix="bench-extract-") as tmp:
+        for round_no in range(1, args.rounds + 1):
+            for key in args.only:
+                contender = CONTENDERS[key]
+                out = Path(tmp) / f"{key}-{round_no}"
+                out.mkdir()
+                result = run(contender.code, out, *([PARQUET_COMPRESSION] if key == "bare" else []))
+                files = sorted(out.glob(contender.files))
+                got = totals(files)
+                result = Run(
+                    result.wall, result.cpu, result.peak_mb, sum(f.stat().st_size for f in files) / 1e6
+                )
+                shutil.rmtree(out)
+                if got != truth:
+                    raise SystemExit(f"{contender.name}: read back {got}, the source has {truth}")
+                read_back[key] = got
+                runs[key].append(result)
+                print(
+                    f"  round {round_no}  {contender.name:<42}{result.wall:>7.1f} s wall"
+                    f"{result.cpu:>7.1f} CPU-s{result.peak_mb:>7.0f} MB peak{result.file_mb:>6.0f} MB Parquet"
+                    "  rows and sums match",
+                    flush=True,
+                )
+
+    med = {key: median_run(rs) for key, rs in runs.items()}
+    print(f"\nmedians of {args.rounds} runs each")
+    print(
+        f"{'contender':<44}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'file MB':>9}{'rows/s':>12}"
+        f"{'% bare speed':>14}{'CPU x bare':>12}"
+    )
+    bare = med.get("bare")
+    for key, m in med.items():
+        speed = f"{bare.wall / m.wall:>13.0%}" if bare else f"{'-':>13}"
+        cpu = f"{m.cpu / bare.cpu:>11.2f}x" if bare else f"{'-':>12}"
         print(
-            f"{name:<40}{seconds:>7.1f}{args.rows / seconds:>12,.0f}{size_mb / seconds:>8.1f}{peak:>9.0f}"
-            f"{ceiling / seconds:>10.0%}{dlt_s / seconds:>7.2f}x"
+            f"{CONTENDERS[key].name:<44}{m.wall:>8.1f}{m.cpu:>8.1f}{m.peak_mb:>9.0f}{m.file_mb:>9.0f}"
+            f"{args.rows / m.wall:>12,.0f} {speed}{cpu}"
         )
+    platform = med.get("platform")
+    if platform and bare:
+        speed, cpu = bare.wall / platform.wall, platform.cpu / bare.cpu
+        same = read_back["platform"] == read_back["bare"]
+        print(
+            f"\nplatform vs bare copy, read back: {'same' if same else 'DIFFERENT'}"
+            " rows, sum(txn_id), sum(amount)"
+        )
+        for ok, text in [
+            (speed >= TARGET_SPEED, f"speed: {speed:.0%} of the bare copy's (target >= {TARGET_SPEED:.0%})"),
+            (cpu <= TARGET_CPU, f"CPU: {cpu:.2f}x the bare copy's (target <= {TARGET_CPU:.2f}x)"),
+            (
+                platform.peak_mb < TARGET_PEAK_MB,
+                f"memory: {platform.peak_mb:.0f} MB peak (target < {TARGET_PEAK_MB})",
+            ),
+        ]:
+            print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(
+        "\nCPU-s is each contender's own process (all its threads). PostgreSQL's server-side CPU"
+        "\n(the backend running each connection's COPY) is not in these figures; every contender"
+        f"\nreads the table over binary COPY, the platform and the bare copy on {READERS} connections."
+    )
 
 
 if __name__ == "__main__":
