@@ -58,6 +58,7 @@ from assets.migration.diff import (
 )
 from assets.migration.extract import conform, read_table, table_ref
 from assets.migration.registry import ChangeDetection, LoadMode, TableSpec
+from assets.migration.rowhash import lake_row_hash
 from resources.lake import LakePartition, LakeStorage, LoadState, Tier
 from resources.lake.datasets import partition_end
 from resources.lake.paths import PARQUET_COMPRESSION, object_key
@@ -305,6 +306,22 @@ class _Run:
         finally:
             con.unregister(name)
 
+    def _changed_in_place(self, con: Any, paths: list[Path]) -> int:
+        """Rows of `live` whose values differ from the lake's row of the same key: the look-back
+        re-reads rows that did not change, and those are not updates."""
+        keys = ", ".join(quote_identifier(k) for k in self.key)
+        hashed = lake_row_hash(self.plan.columns)
+        con.register("old_for_hash", lake_reader(paths, self.plan, batch_rows=LAKE_BATCH_ROWS))
+        try:
+            [(count,)] = con.execute(
+                f"""SELECT count(*) FROM (SELECT {keys}, {hashed} AS h_ FROM live) l
+                    JOIN (SELECT {keys}, {hashed} AS h_ FROM old_for_hash) o ON {self._match("l", "o")}
+                    WHERE l.h_ <> o.h_"""
+            ).fetchall()
+        finally:
+            con.unregister("old_for_hash")
+        return int(count)
+
     def output_columns(self, alias: str = "") -> str:
         """The plan's columns as DuckDB gives them back in the plan's Arrow types (a duration
         comes out of DuckDB as an INTERVAL: as microseconds, cast back by conform)."""
@@ -438,13 +455,13 @@ class _Run:
                 con.execute(
                     f"CREATE TABLE live AS SELECT c.* FROM chg c SEMI JOIN keys k ON {self._match('c', 'k')}"
                 )
-                (inserted, updated, deleted, kept) = con.execute(
+                (inserted, deleted, kept) = con.execute(
                     f"""SELECT
                         (SELECT count(*) FROM live l ANTI JOIN old_keys o ON {self._match("l", "o")}),
-                        (SELECT count(*) FROM live l SEMI JOIN old_keys o ON {self._match("l", "o")}),
                         (SELECT count(*) FROM old_keys o ANTI JOIN keys k ON {self._match("o", "k")}),
                         (SELECT count(*) FROM old_keys)"""
                 ).fetchall()[0]
+                updated = self._changed_in_place(con, paths)
                 if not (inserted or updated or deleted) and self._clean(old, paths):
                     return _Outcome(int(kept))
                 rows = self.rewrite(
