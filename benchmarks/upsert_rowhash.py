@@ -1,6 +1,6 @@
 """Upsert of a 20M-row PostgreSQL table without a change column: 1% of rows changed in place.
 
-    uv sync --group bench && uv run python benchmarks/upsert_rowhash.py [--rows 20000000] [--keep]
+    uv sync --group bench && uv run python benchmarks/upsert_rowhash.py [--rows 20000000]
 
 1. An `accounts` table of --rows rows (generate_series: bigint key, numeric balances, text,
    char(3), dates, timestamps, booleans; ten columns) and no change column.
@@ -15,7 +15,8 @@
    and sum of row hashes, by DuckDB over the lake's Arrow data) equals the source's (by
    PostgreSQL in its SQL).
 
-The target: peak memory under 1 GB.
+The target: peak memory under 1 GB. The database (bench_upsert) is dropped at the end: the run
+changed its table, so it is made again each time.
 """
 
 from __future__ import annotations
@@ -104,19 +105,20 @@ def run_child(lake_root: Path, work: Path, label: str) -> tuple[float, float, fl
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, json.loads(out.read_text()), text
 
 
-def ensure_table(rows: int, keep: bool) -> None:
+def make_table(rows: int) -> None:
     with psycopg.connect(ADMIN, autocommit=True) as admin:
-        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone():
-            admin.execute(f"CREATE DATABASE {DB}")
+        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {DB}")
     with psycopg.connect(DSN, autocommit=True) as conn:
-        have = conn.execute(f"SELECT to_regclass('{TABLE}') IS NOT NULL").fetchone()
-        count = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone() if have and have[0] else None
-        if keep and count is not None and count[0] == rows:
-            return
         started = time.perf_counter()
         for statement in filter(str.strip, CREATE.replace("%(rows)s", str(rows)).split(";")):
             conn.execute(statement)  # type: ignore[arg-type]  # VACUUM: one statement at a time
         print(f"made {rows:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def drop_database() -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
 
 def change_source(rows: int, changed: float) -> dict[str, int]:
@@ -193,50 +195,55 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of rows updated in place")
-    parser.add_argument("--keep", action="store_true", help="reuse the source table if it has --rows rows")
     args = parser.parse_args()
 
-    ensure_table(args.rows, args.keep)
-    with psycopg.connect(DSN) as conn:
-        size = conn.execute(f"SELECT pg_relation_size('{TABLE}')").fetchone()
-    print(f"{args.rows:,} rows, {(size or [0])[0] / 1e6:,.0f} MB heap, {os.cpu_count()} cores", flush=True)
-    base = ROOT / "var" if (ROOT / "var").is_dir() else None
-    with tempfile.TemporaryDirectory(dir=base, prefix="bench-upsert-") as tmp:
-        work = Path(tmp)
-        lake_root = work / "lake"
-        wall, cpu, peak, first, _ = run_child(lake_root, work, "first")
-        data = next(lake_root.rglob("data.parquet"))
-        print(
-            f"first load (whole table):  {wall:7.1f} s wall {cpu:7.1f} CPU-s {peak:7.0f} MB peak"
-            f"  {first['rows']['all']:,} rows, {data.stat().st_size / 1e6:,.0f} MB Parquet",
-            flush=True,
-        )
+    try:
+        make_table(args.rows)
+        with psycopg.connect(DSN) as conn:
+            size = conn.execute(f"SELECT pg_relation_size('{TABLE}')").fetchone()
+        heap = (size or [0])[0] / 1e6
+        print(f"{args.rows:,} rows, {heap:,.0f} MB heap, {os.cpu_count()} cores", flush=True)
+        base = ROOT / "var" if (ROOT / "var").is_dir() else None
+        with tempfile.TemporaryDirectory(dir=base, prefix="bench-upsert-") as tmp:
+            work = Path(tmp)
+            lake_root = work / "lake"
+            wall, cpu, peak, first, _ = run_child(lake_root, work, "first")
+            data = next(lake_root.rglob("data.parquet"))
+            print(
+                f"first load (whole table):  {wall:7.1f} s wall {cpu:7.1f} CPU-s {peak:7.0f} MB peak"
+                f"  {first['rows']['all']:,} rows, {data.stat().st_size / 1e6:,.0f} MB Parquet",
+                flush=True,
+            )
 
-        made = change_source(args.rows, args.changed)
-        print(
-            f"source changed in place: {made['updated']:,} updated, {made['deleted']:,} deleted,"
-            f" {made['inserted']:,} inserted",
-            flush=True,
-        )
+            made = change_source(args.rows, args.changed)
+            print(
+                f"source changed in place: {made['updated']:,} updated, {made['deleted']:,} deleted,"
+                f" {made['inserted']:,} inserted",
+                flush=True,
+            )
 
-        wall, cpu, peak, result, log = run_child(lake_root, work, "upsert")
-        found = {k: result[k] for k in ("updated", "deleted", "inserted")}
-        print("\nrow-hash upsert (fresh process):")
-        for line in log.strip().splitlines():
-            print(f"  | {line}")
-        print(f"  wall        {wall:8.1f} s")
-        print(f"  CPU         {cpu:8.1f} s (user + system, this process and its threads)")
-        print(f"  peak RSS    {peak:8.0f} MB")
-        print(
-            f"  found       {found['updated']:,} updated, {found['deleted']:,} deleted,"
-            f" {found['inserted']:,} inserted; {result['rows']['all']:,} rows after"
-        )
+            wall, cpu, peak, result, log = run_child(lake_root, work, "upsert")
+            found = {k: result[k] for k in ("updated", "deleted", "inserted")}
+            print("\nrow-hash upsert (fresh process):")
+            for line in log.strip().splitlines():
+                print(f"  | {line}")
+            print(f"  wall        {wall:8.1f} s")
+            print(f"  CPU         {cpu:8.1f} s (user + system, this process and its threads)")
+            print(f"  peak RSS    {peak:8.0f} MB")
+            print(
+                f"  found       {found['updated']:,} updated, {found['deleted']:,} deleted,"
+                f" {found['inserted']:,} inserted; {result['rows']['all']:,} rows after"
+            )
 
-        started = time.perf_counter()
-        src, lk = source_checksum(), lake_checksum(lake_root)
-        print(f"\nchecksums (count, sum of row hashes), {time.perf_counter() - started:.0f} s to compute:")
-        print(f"  source  {src[0]:,}  {src[1]}")
-        print(f"  lake    {lk[0]:,}  {lk[1]}")
+            started = time.perf_counter()
+            src, lk = source_checksum(), lake_checksum(lake_root)
+            took = time.perf_counter() - started
+            print(f"\nchecksums (count, sum of row hashes), {took:.0f} s to compute:")
+            print(f"  source  {src[0]:,}  {src[1]}")
+            print(f"  lake    {lk[0]:,}  {lk[1]}")
+
+    finally:
+        drop_database()
 
     checks = [
         (f"changes found equal the changes made ({made})", found == made),
