@@ -76,10 +76,7 @@ def render(db: SqlSource, plan: TablePlan, where: Sequence[Any] = ()) -> str:
     ADBC sends the text as it is and SqlSource's text() doubles it again, so a '%' in an
     expression (DATE_FORMAT's '%Y', format('%s')) would reach the server doubled.
     """
-    sql = select_sql(db, plan, where)
-    if db.engine().dialect.paramstyle in ("format", "pyformat"):
-        sql = sql.replace("%%", "%")
-    return sql
+    return select_sql(db, plan, where)  # which un-doubles the '%' itself
 
 
 def read_sqls(db: SqlSource, sqls: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -47,7 +47,11 @@ def select_sql(source: SqlSource, table: str | TablePlan, where: Sequence[Any] =
         stmt = sa.select(sa.text("*")).select_from(table_ref(table))
     for clause in where:
         stmt = stmt.where(clause)
-    return str(stmt.compile(dialect=source.engine().dialect, compile_kwargs={"literal_binds": True}))
+    dialect = source.engine().dialect
+    sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    # The text as the server must receive it: SQLAlchemy doubles '%' for drivers with a format
+    # paramstyle, but ADBC sends the text as it is and SqlSource's text() escapes it again.
+    return sql.replace("%%", "%") if dialect.paramstyle in ("format", "pyformat") else sql
 
 
 def _numeric_type(field: pa.Field) -> pa.DataType:

@@ -315,7 +315,9 @@ class _Run:
         try:
             [(count,)] = con.execute(
                 f"""SELECT count(*) FROM (SELECT {keys}, {hashed} AS h_ FROM live) l
-                    JOIN (SELECT {keys}, {hashed} AS h_ FROM old_for_hash) o ON {self._match("l", "o")}
+                    JOIN (SELECT {keys}, {hashed} AS h_ FROM (
+                        SELECT * FROM old_for_hash f SEMI JOIN live v ON {self._match("f", "v")})
+                    ) o ON {self._match("l", "o")}
                     WHERE l.h_ <> o.h_"""
             ).fetchall()
         finally:

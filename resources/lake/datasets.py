@@ -204,7 +204,8 @@ def read_partition_batches(
         path = lake.scratch_dir() / f"read-{uuid.uuid4().hex}.parquet"
         lake.get_file(key, path)
         try:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+            # pre_buffer would hold the whole file in memory; batches are read as they are consumed.
+            yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
         finally:
             path.unlink(missing_ok=True)
 
