@@ -15,13 +15,19 @@ Runs alternate (platform, bare, dlt, platform, ...) so a noisy neighbour hurts e
 contender alike. Each run's wall time, CPU seconds (ru_utime + ru_stime from wait4: the
 process's own, all its threads) and peak RSS (ru_maxrss) are its own. The targets, against
 the bare copy's medians: at least 90% of its speed (wall), at most 1.15x its CPU, and peak
-memory under 300 MB. Each output is read back and checked against the source: row count,
-sum(txn_id) and sum(amount).
+memory under 300 MB. Each output is read back (in a process of its own) and checked against
+the source: row count, sum(txn_id) and sum(amount).
+
+This process stays small (no pyarrow, no platform import): Linux carries the parent's RSS
+high-water mark across fork and exec into the child's ru_maxrss, so a parent that had read
+Parquet back at 300-400 MB made every later contender's "peak" at least that. Each run also
+shows the child's own VmHWM (/proc/self/status, taken as its script ends) as a cross-check.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -127,14 +133,39 @@ Totals = tuple[int, int, Decimal]  # rows, sum(txn_id), sum(amount)
 class Run:
     wall: float  # seconds
     cpu: float  # user + system seconds of the process and its threads
-    peak_mb: float
+    peak_mb: float  # ru_maxrss
+    hwm_mb: float = 0.0  # VmHWM as the script ended
     file_mb: float = 0.0  # the Parquet it wrote
+
+
+# Appended to every contender: its own high-water RSS, as the kernel counts it for its mm.
+EPILOGUE = textwrap.dedent(
+    """
+    with open("/proc/self/status") as _status, open(sys.argv[1] + ".hwm", "w") as _out:
+        _out.write(next(line.split()[1] for line in _status if line.startswith("VmHWM:")))
+    """
+)
+
+READ_BACK = textwrap.dedent(
+    """
+    import json, sys
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    rows, ids, amount = 0, 0, 0
+    for path in sys.argv[1:]:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["txn_id", "amount"], batch_size=1 << 20):
+            rows += batch.num_rows
+            ids += pc.sum(batch.column("txn_id")).as_py() or 0
+            amount += pc.sum(batch.column("amount")).as_py() or 0
+    print(json.dumps([rows, ids, str(amount)]))
+    """
+)
 
 
 def run(code: str, out_dir: Path, *args: str) -> Run:
     """Run code in a fresh Python process; its wall time, CPU seconds and peak RSS."""
     script = out_dir.parent / f"{out_dir.name}.py"
-    script.write_text(code)
+    script.write_text("import sys\n" + code + EPILOGUE)
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -151,22 +182,32 @@ def run(code: str, out_dir: Path, *args: str) -> Run:
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"contender failed:\n{err.read().decode(errors='replace')[-3000:]}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    hwm = Path(f"{out_dir}.hwm")
+    hwm_mb = int(hwm.read_text()) / 1024
+    hwm.unlink()
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, hwm_mb)
 
 
 def totals(files: list[Path]) -> Totals:
-    """(rows, sum(txn_id), sum(amount)) of Parquet files, read back column by column."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """(rows, sum(txn_id), sum(amount)) of Parquet files, read back in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", READ_BACK, *map(str, files)], capture_output=True, text=True, check=True
+    ).stdout
+    rows, ids, amount = json.loads(out)
+    return rows, ids, Decimal(amount)
 
-    rows, ids, amount = 0, 0, Decimal(0)
-    for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["txn_id", "amount"], batch_size=1 << 20):
-            rows += batch.num_rows
-            ids += pc.sum(batch.column("txn_id")).as_py() or 0
-            total = pc.sum(batch.column("amount")).as_py()
-            amount += Decimal(str(total)) if total is not None else 0
-    return rows, ids, amount
+
+def parquet_compression() -> str:
+    """resources.lake.paths.PARQUET_COMPRESSION, asked of a child: importing it imports Dagster."""
+    code = "from resources.lake.paths import PARQUET_COMPRESSION; print(PARQUET_COMPRESSION)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def ensure_table(rows: int, keep: bool) -> tuple[float, Totals]:
@@ -188,14 +229,11 @@ def ensure_table(rows: int, keep: bool) -> tuple[float, Totals]:
 
 
 def median_run(runs: list[Run]) -> Run:
-    return Run(
-        *(statistics.median(getattr(r, f) for r in runs) for f in ("wall", "cpu", "peak_mb", "file_mb"))
-    )
+    fields = ("wall", "cpu", "peak_mb", "hwm_mb", "file_mb")
+    return Run(*(statistics.median(getattr(r, f) for r in runs) for f in fields))
 
 
 def main() -> None:
-    from resources.lake.paths import PARQUET_COMPRESSION  # here, not in the bare copy's process
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -206,9 +244,10 @@ def main() -> None:
     args = parser.parse_args()
 
     size_mb, truth = ensure_table(args.rows, args.keep)
+    compression = parquet_compression()
     print(
         f"{args.rows:,} rows, {size_mb:,.0f} MB heap, {os.cpu_count()} cores, {args.rounds} rounds,"
-        f" Parquet {PARQUET_COMPRESSION}; source count/sum(txn_id)/sum(amount) = {truth}",
+        f" Parquet {compression}; source count/sum(txn_id)/sum(amount) = {truth}",
         flush=True,
     )
     runs: dict[str, list[Run]] = {key: [] for key in args.only}
@@ -220,12 +259,11 @@ def main() -> None:
                 contender = CONTENDERS[key]
                 out = Path(tmp) / f"{key}-{round_no}"
                 out.mkdir()
-                result = run(contender.code, out, *([PARQUET_COMPRESSION] if key == "bare" else []))
+                result = run(contender.code, out, *([compression] if key == "bare" else []))
                 files = sorted(out.glob(contender.files))
                 got = totals(files)
-                result = Run(
-                    result.wall, result.cpu, result.peak_mb, sum(f.stat().st_size for f in files) / 1e6
-                )
+                file_mb = sum(f.stat().st_size for f in files) / 1e6
+                result = Run(result.wall, result.cpu, result.peak_mb, result.hwm_mb, file_mb)
                 shutil.rmtree(out)
                 if got != truth:
                     raise SystemExit(f"{contender.name}: read back {got}, the source has {truth}")
@@ -233,15 +271,15 @@ def main() -> None:
                 runs[key].append(result)
                 print(
                     f"  round {round_no}  {contender.name:<42}{result.wall:>7.1f} s wall"
-                    f"{result.cpu:>7.1f} CPU-s{result.peak_mb:>7.0f} MB peak{result.file_mb:>6.0f} MB Parquet"
-                    "  rows and sums match",
+                    f"{result.cpu:>7.1f} CPU-s{result.peak_mb:>7.0f} MB peak (VmHWM {result.hwm_mb:.0f})"
+                    f"{result.file_mb:>6.0f} MB Parquet  rows and sums match",
                     flush=True,
                 )
 
     med = {key: median_run(rs) for key, rs in runs.items()}
     print(f"\nmedians of {args.rounds} runs each")
     print(
-        f"{'contender':<44}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'file MB':>9}{'rows/s':>12}"
+        f"{'contender':<44}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'VmHWM':>7}{'file MB':>9}{'rows/s':>12}"
         f"{'% bare speed':>14}{'CPU x bare':>12}"
     )
     bare = med.get("bare")
@@ -249,7 +287,8 @@ def main() -> None:
         speed = f"{bare.wall / m.wall:>13.0%}" if bare else f"{'-':>13}"
         cpu = f"{m.cpu / bare.cpu:>11.2f}x" if bare else f"{'-':>12}"
         print(
-            f"{CONTENDERS[key].name:<44}{m.wall:>8.1f}{m.cpu:>8.1f}{m.peak_mb:>9.0f}{m.file_mb:>9.0f}"
+            f"{CONTENDERS[key].name:<44}{m.wall:>8.1f}{m.cpu:>8.1f}{m.peak_mb:>9.0f}{m.hwm_mb:>7.0f}"
+            f"{m.file_mb:>9.0f}"
             f"{args.rows / m.wall:>12,.0f} {speed}{cpu}"
         )
     platform = med.get("platform")
