@@ -136,6 +136,7 @@ class Run:
     peak_mb: float  # ru_maxrss
     hwm_mb: float = 0.0  # VmHWM as the script ended
     file_mb: float = 0.0  # the Parquet it wrote
+    server_cpu: float | None = None  # PostgreSQL backends that ended during the run (approximate)
 
 
 # Appended to every contender: its own high-water RSS, as the kernel counts it for its mm.
@@ -230,7 +231,34 @@ def ensure_table(rows: int, keep: bool) -> tuple[float, Totals]:
 
 def median_run(runs: list[Run]) -> Run:
     fields = ("wall", "cpu", "peak_mb", "hwm_mb", "file_mb")
-    return Run(*(statistics.median(getattr(r, f) for r in runs) for f in fields))
+    server = [r.server_cpu for r in runs if r.server_cpu is not None]
+    return Run(
+        *(statistics.median(getattr(r, f) for r in runs) for f in fields),
+        statistics.median(server) if server else None,
+    )
+
+
+def postmaster_pid() -> int | None:
+    """The PostgreSQL postmaster's pid (a backend's parent) when it runs here and /proc shows it."""
+    try:
+        with psycopg.connect(ADMIN) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            with open(f"/proc/{row[0] if row else 0}/stat") as fh:
+                return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, psycopg.Error):
+        return None
+
+
+def reaped_cpu(postmaster: int | None) -> float | None:
+    """CPU seconds of the postmaster's ended children (its backends), from /proc cutime + cstime."""
+    if postmaster is None:
+        return None
+    try:
+        with open(f"/proc/{postmaster}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -250,6 +278,7 @@ def main() -> None:
         f" Parquet {compression}; source count/sum(txn_id)/sum(amount) = {truth}",
         flush=True,
     )
+    postmaster = postmaster_pid()
     runs: dict[str, list[Run]] = {key: [] for key in args.only}
     read_back: dict[str, Totals] = {}
     base = ROOT / "var" if (ROOT / "var").is_dir() else None
@@ -259,11 +288,17 @@ def main() -> None:
                 contender = CONTENDERS[key]
                 out = Path(tmp) / f"{key}-{round_no}"
                 out.mkdir()
+                server_before = reaped_cpu(postmaster)
                 result = run(contender.code, out, *([compression] if key == "bare" else []))
+                time.sleep(1)  # for the postmaster to reap the contender's backends
+                server_after = reaped_cpu(postmaster)
+                server = (
+                    None if server_before is None or server_after is None else server_after - server_before
+                )
                 files = sorted(out.glob(contender.files))
                 got = totals(files)
                 file_mb = sum(f.stat().st_size for f in files) / 1e6
-                result = Run(result.wall, result.cpu, result.peak_mb, result.hwm_mb, file_mb)
+                result = Run(result.wall, result.cpu, result.peak_mb, result.hwm_mb, file_mb, server)
                 shutil.rmtree(out)
                 if got != truth:
                     raise SystemExit(f"{contender.name}: read back {got}, the source has {truth}")
@@ -272,14 +307,16 @@ def main() -> None:
                 print(
                     f"  round {round_no}  {contender.name:<42}{result.wall:>7.1f} s wall"
                     f"{result.cpu:>7.1f} CPU-s{result.peak_mb:>7.0f} MB peak (VmHWM {result.hwm_mb:.0f})"
-                    f"{result.file_mb:>6.0f} MB Parquet  rows and sums match",
+                    f"{result.file_mb:>6.0f} MB Parquet  server {_seconds(result.server_cpu)} CPU-s"
+                    "  rows and sums match",
                     flush=True,
                 )
 
     med = {key: median_run(rs) for key, rs in runs.items()}
     print(f"\nmedians of {args.rounds} runs each")
     print(
-        f"{'contender':<44}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'VmHWM':>7}{'file MB':>9}{'rows/s':>12}"
+        f"{'contender':<44}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'VmHWM':>7}{'file MB':>9}{'server':>8}"
+        f"{'rows/s':>12}"
         f"{'% bare speed':>14}{'CPU x bare':>12}"
     )
     bare = med.get("bare")
@@ -288,7 +325,7 @@ def main() -> None:
         cpu = f"{m.cpu / bare.cpu:>11.2f}x" if bare else f"{'-':>12}"
         print(
             f"{CONTENDERS[key].name:<44}{m.wall:>8.1f}{m.cpu:>8.1f}{m.peak_mb:>9.0f}{m.hwm_mb:>7.0f}"
-            f"{m.file_mb:>9.0f}"
+            f"{m.file_mb:>9.0f}{_seconds(m.server_cpu):>8}"
             f"{args.rows / m.wall:>12,.0f} {speed}{cpu}"
         )
     platform = med.get("platform")
@@ -309,10 +346,17 @@ def main() -> None:
         ]:
             print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(
-        "\nCPU-s is each contender's own process (all its threads). PostgreSQL's server-side CPU"
-        "\n(the backend running each connection's COPY) is not in these figures; every contender"
-        f"\nreads the table over binary COPY, the platform and the bare copy on {READERS} connections."
+        "\nCPU-s is each contender's own process (all its threads): PostgreSQL's server-side CPU (the"
+        "\nbackend running each connection's COPY) is not in it, nor in the targets. Every contender"
+        f"\nreads over binary COPY, the platform and the bare copy on {READERS} connections; the platform"
+        "\nasks the server for NUMERIC(p<=18, s) as bigint value * 10^s. 'server' is the CPU of the"
+        "\nbackends that ended during the run (the postmaster's reaped children, when it runs on this"
+        "\nmachine): approximate, as any other client's backend ending meanwhile counts too."
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":
