@@ -23,10 +23,6 @@ from resources.warehouse.sql import quote_identifier
 PII_SAMPLE = 2000
 
 
-def lake_row_count(lake: LakeStorage, tier: Tier, dataset: str, partition: LakePartition | None) -> int:
-    return sum(b.num_rows for b in read_partition_batches(lake, tier, DOMAIN, dataset, partition))
-
-
 def cleansed_check_specs(key: dg.AssetKey, table: TableSpec) -> list[dg.AssetCheckSpec]:
     if not table.pii:
         return []

@@ -22,10 +22,8 @@ the key sets in SQL without bringing them into Python.
 
 from __future__ import annotations
 
-import queue
 import shutil
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assets.migration.columns import ColumnPlan, TablePlan
-from assets.migration.extract import conform, key_ranges, select_sql, stream
+from assets.migration.extract import conform, key_ranges, read_sqls, select_sql
 from assets.migration.rowhash import duckdb_session, lake_row_hash, source_row_hash
 from resources.lake import LakePartition, LakeStorage, LocalLake, Tier
 from resources.lake.paths import dataset_prefix
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
 HASH_COLUMN = "_row_hash"
 MISSING, EXTRA, CHANGED = "missing", "extra", "changed"
 KIND_COLUMN = "_kind"
-_DONE = object()
 
 
 # --- the two sides' hashes -----------------------------------------------------------------
@@ -77,54 +74,6 @@ def render(db: SqlSource, plan: TablePlan, where: Sequence[Any] = ()) -> str:
     expression (DATE_FORMAT's '%Y', format('%s')) would reach the server doubled.
     """
     return select_sql(db, plan, where)  # which un-doubles the '%' itself
-
-
-def read_sqls(db: SqlSource, sqls: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The batches of several SELECTs, read at once (one thread and connection each) into
-    one bounded queue; one SELECT is simply streamed."""
-    if len(sqls) == 1:
-        yield from stream(db, sqls[0], batch_rows)
-        return
-    buffer: queue.Queue = queue.Queue(maxsize=2 * len(sqls))
-    stop = threading.Event()
-
-    def reader(sql: str) -> None:
-        try:
-            for batch in stream(db, sql, batch_rows):
-                while not stop.is_set():
-                    try:
-                        buffer.put(batch, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            buffer.put(exc)
-
-    threads = [threading.Thread(target=reader, args=(sql,), daemon=True) for sql in sqls]
-    for thread in threads:
-        thread.start()
-    finished = 0
-    try:
-        while finished < len(threads):
-            item = buffer.get()
-            if item is _DONE:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        stop.set()
-        while True:  # unblock readers waiting on a full queue
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                break
-        for thread in threads:
-            thread.join(timeout=5)
 
 
 def source_hash_sqls(

@@ -199,6 +199,16 @@ def read_table(
         return
     ranges = key_ranges(source, table, split_column, parallel, where)
     sqls = [select_sql(source, wire, [*where, r]) for r in ranges]
+    for batch in read_sqls(source, sqls, batch_rows):
+        yield _unscale(batch, scaled)
+
+
+def read_sqls(source: SqlSource, sqls: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches of several SELECTs, read at once (one thread and connection each) into one
+    stream, in no particular order."""
+    if len(sqls) == 1:
+        yield from stream(source, sqls[0], batch_rows)
+        return
     # Bounded: a reader blocks once a batch of its own waits, so memory stays flat.
     buffer: queue.Queue = queue.Queue(maxsize=len(sqls))
     stop = threading.Event()
@@ -206,7 +216,6 @@ def read_table(
     def reader(sql: str) -> None:
         try:
             for batch in stream(source, sql, batch_rows):
-                batch = _unscale(batch, scaled)
                 while not stop.is_set():
                     try:
                         buffer.put(batch, timeout=0.5)
@@ -241,47 +250,6 @@ def read_table(
                 break
         for thread in threads:
             thread.join(timeout=5)
-
-
-def arrow_schema(source: SqlSource, table: str) -> pa.Schema:
-    """The table's Arrow schema from the source catalog, so every batch (and an empty
-    result) gets the same types whatever the driver inferred from the values."""
-    import pyarrow as pa
-    import sqlalchemy as sa
-
-    ref = table_ref(table)
-    columns = sa.inspect(source.engine()).get_columns(ref.name, schema=ref.schema)
-    if not columns:
-        raise LookupError(f"table {table!r} not found in {source.safe_url()}")
-    return pa.schema([pa.field(c["name"], _arrow_type(c["type"])) for c in columns])
-
-
-def _arrow_type(sql_type: Any) -> pa.DataType:
-    import pyarrow as pa
-    import sqlalchemy as sa
-
-    if isinstance(sql_type, sa.Boolean):
-        return pa.bool_()
-    if isinstance(sql_type, sa.SmallInteger):
-        return pa.int16()
-    if isinstance(sql_type, sa.BigInteger):
-        return pa.int64()
-    if isinstance(sql_type, sa.Integer):
-        # MySQL TINYINT(1) is how MariaDB spells BOOLEAN; keep it an integer like the source.
-        return pa.int32()
-    if isinstance(sql_type, sa.Float):
-        return pa.float64()
-    if isinstance(sql_type, sa.Numeric):
-        if sql_type.precision is None:
-            return pa.decimal128(38, 9)
-        return pa.decimal128(sql_type.precision, sql_type.scale or 0)
-    if isinstance(sql_type, sa.DateTime):
-        return pa.timestamp("us")
-    if isinstance(sql_type, sa.Date):
-        return pa.date32()
-    if isinstance(sql_type, sa.LargeBinary):
-        return pa.binary()
-    return pa.string()
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -215,7 +215,7 @@ def _append(
             spec.partition_column,
             spec.partition_grain,
         )
-        fresh = _unseen(_reader(source, spec, plan, where), schema, spec, plan, seen)
+        fresh = _Unseen(_reader(source, spec, plan, where), schema, spec, plan, seen)
         _write(writer, fresh, schema)
         result.duplicates_skipped += fresh.skipped
         result.rows.update({_key(p): n for p, n in writer.rows.items()})
@@ -331,10 +331,6 @@ class _Unseen:
                     yield batch.take(indices)
         finally:
             con.close()
-
-
-def _unseen(batches: Any, schema: pa.Schema, spec: TableSpec, plan: TablePlan, seen: pa.Table) -> _Unseen:
-    return _Unseen(batches, schema, spec, plan, seen)
 
 
 def _upsert(

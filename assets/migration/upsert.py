@@ -51,12 +51,11 @@ from assets.migration.diff import (
     lake_reader,
     local_files,
     partition_keys,
-    read_sqls,
     render,
     session,
     source_hashes,
 )
-from assets.migration.extract import conform, read_table, table_ref
+from assets.migration.extract import conform, read_sqls, read_table, table_ref
 from assets.migration.registry import ChangeDetection, LoadMode, TableSpec
 from assets.migration.rowhash import lake_row_hash
 from resources.lake import LakePartition, LakeStorage, LoadState, Tier
