@@ -2,6 +2,11 @@
 
     <tier>/<domain>/<dataset>/year=YYYY/month=MM/day=DD[/hour=HH[/minute=MM]]/part-*.parquet
 
+One delivery layout of another tool is accepted in the landing tier, as
+delivered: AWS DMS's S3 target, with bucket folder `landing/cdc/<cluster>`:
+
+    landing/cdc/<cluster>/<schema>/<table>/YYYY/MM/DD/<file>
+
 Keys are relative to the lake root (a local directory or an S3 bucket/prefix)
 and always use forward slashes.
 """
@@ -136,9 +141,16 @@ class LakeKey:
     dataset: str
     partition: LakePartition | None
     filename: str
+    # "<schema>/<table>" of a DMS-layout key (landing/cdc/<cluster>/<schema>/<table>/YYYY/MM/DD/<file>)
+    subpath: str | None = None
 
     @property
     def key(self) -> str:
+        if self.subpath is not None:
+            schema, table = self.subpath.split("/")
+            if self.partition is None:
+                raise LakePathError(f"DMS key {self.subpath}/{self.filename} needs a day")
+            return dms_object_key(self.dataset, schema, table, self.partition.day, self.filename)
         return object_key(self.tier, self.domain, self.dataset, self.filename, self.partition)
 
 
@@ -173,9 +185,76 @@ def is_hidden(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith((".", "_"))
 
 
+# --- the AWS DMS delivery layout (landing tier, domain cdc) -------------------------
+DMS_DOMAIN = "cdc"
+_DMS_NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$-]*$")  # MySQL schema and table names
+
+
+@dataclass(frozen=True)
+class DmsKey:
+    cluster: str
+    schema: str
+    table: str
+    day: date
+    filename: str
+
+    @property
+    def key(self) -> str:
+        return dms_object_key(self.cluster, self.schema, self.table, self.day, self.filename)
+
+
+def dms_prefix(cluster: str, schema: str | None = None, table: str | None = None) -> str:
+    """The DMS bucket folder of a cluster, or one table's folder under it (with the trailing slash)."""
+    prefix = dataset_prefix(Tier.LANDING, DMS_DOMAIN, cluster)
+    if schema is None:
+        return prefix
+    prefix += _check_dms_name("schema", schema) + "/"
+    return prefix if table is None else prefix + _check_dms_name("table", table) + "/"
+
+
+def dms_object_key(cluster: str, schema: str, table: str, day: date, filename: str) -> str:
+    if not filename or "/" in filename or filename.startswith((".", "_")):
+        raise LakePathError(f"file name {filename!r} must be a plain name not starting with '.' or '_'")
+    return f"{dms_prefix(cluster, schema, table)}{day.year:04d}/{day.month:02d}/{day.day:02d}/{filename}"
+
+
+def parse_dms_key(key: str) -> DmsKey:
+    """Parse landing/cdc/<cluster>/<schema>/<table>/YYYY/MM/DD/<file>; LakePathError names what is wrong."""
+    parts = key.strip("/").split("/")
+    if len(parts) != 9 or parts[0] != Tier.LANDING.value or parts[1] != DMS_DOMAIN:
+        raise LakePathError(
+            f"DMS key {key!r} is not landing/{DMS_DOMAIN}/<cluster>/<schema>/<table>/YYYY/MM/DD/<file>"
+        )
+    _, _, cluster, schema, table, year, month, day_, filename = parts
+    _check_name("cluster", cluster)
+    _check_dms_name("schema", schema)
+    _check_dms_name("table", table)
+    try:
+        day = date(int(year), int(month), int(day_))
+    except ValueError as exc:
+        raise LakePathError(f"DMS key {key!r}: {year}/{month}/{day_} is not a date ({exc})") from None
+    return DmsKey(cluster, schema, table, day, filename)
+
+
+def _check_dms_name(kind: str, value: str) -> str:
+    if not _DMS_NAME.match(value):
+        raise LakePathError(f"{kind} {value!r} is not a MySQL schema or table name usable in a key")
+    return value
+
+
 def parse_key(key: str) -> LakeKey:
     """Parse an object key; raise LakePathError naming the part that is wrong."""
     parts = key.strip("/").split("/")
+    if len(parts) > 2 and parts[0] == Tier.LANDING.value and parts[1] == DMS_DOMAIN:
+        dms = parse_dms_key(key)
+        return LakeKey(
+            Tier.LANDING,
+            DMS_DOMAIN,
+            dms.cluster,
+            LakePartition(dms.day),
+            dms.filename,
+            f"{dms.schema}/{dms.table}",
+        )
     if len(parts) < 4:
         raise LakePathError(f"lake key {key!r} needs at least tier/domain/dataset/file")
     tier_name, domain, dataset, *middle, filename = parts
