@@ -152,13 +152,16 @@ class CdcTable:
         return list(self.spec.primary_key)
 
     @property
-    def target(self) -> str:
-        """The ledger target and run-tag name: '<cluster>.<name>'."""
-        return f"{self.cluster.name}.{self.name}"
-
-    @property
     def asset_prefix(self) -> list[str]:
         return ["cdc", self.cluster.name, self.name]
+
+    @property
+    def target(self) -> str:
+        """The ledger target: the current-state asset's key as a string, 'cdc/<cluster>/<name>/current'.
+
+        The sensors claim files under the same name, so a load releases its claims.
+        """
+        return "/".join([*self.asset_prefix, "current"])
 
     @property
     def current_table(self) -> str:
