@@ -193,10 +193,22 @@ class CdcMapping:
         return None
 
     def by_target(self, target: str) -> CdcTable:
-        for t in self.tables:
-            if t.target == target:
-                return t
-        raise KeyError(f"no CDC table {target!r}; mapped: {sorted(t.target for t in self.tables)}")
+        """A table by 'cluster.name', by its target ('cdc/cluster/name/current'), or by a bare name
+        mapped on one cluster only."""
+        found = [
+            t
+            for t in self.tables
+            if target in (t.target, f"{t.cluster.name}.{t.name}", "/".join(t.asset_prefix))
+        ]
+        if not found:
+            found = [t for t in self.tables if t.name == target]
+        if len(found) == 1:
+            return found[0]
+        known = sorted(f"{t.cluster.name}.{t.name}" for t in self.tables)
+        if not found:
+            raise KeyError(f"no CDC table {target!r}; mapped: {known}")
+        names = [f"{t.cluster.name}.{t.name}" for t in found]
+        raise KeyError(f"{target!r} is mapped on several clusters; say which: {names}")
 
 
 def load_mapping(directory: Path | None = None) -> CdcMapping:
