@@ -60,3 +60,5 @@ else
 fi
 binlog_ok || { log "MariaDB binlog is not ROW/FULL/FULL after configuration"; exit 1; }
 log "PostgreSQL, Redis and MariaDB (row-based binlog) are ready"
+# The CDC domain's second cluster: a second MariaDB on port 3307.
+"$(dirname "${BASH_SOURCE[0]}")/mariadb2.sh"
