@@ -150,7 +150,7 @@ def source_checksum() -> tuple[int, int]:
     sys.path.insert(0, str(ROOT))
     from assets.migration.preflight import plan_table
     from assets.migration.registry import TableSpec
-    from assets.migration.rowhash import source_row_hash
+    from resources.rowhash import source_row_hash
     from resources.sql_source import SqlSource
 
     spec = TableSpec(
@@ -170,8 +170,8 @@ def lake_checksum(lake_root: Path) -> tuple[int, int]:
     from assets.migration.diff import lake_reader, partition_keys
     from assets.migration.preflight import plan_table
     from assets.migration.registry import TableSpec
-    from assets.migration.rowhash import duckdb_session, lake_row_hash
     from resources.lake import LocalLake, Tier
+    from resources.rowhash import duckdb_session, lake_row_hash
     from resources.sql_source import SqlSource
 
     spec = TableSpec(

@@ -16,11 +16,12 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from assets.cdc import definitions as cdc  # noqa: E402
 from assets.lake_ops import definitions as lake_ops  # noqa: E402
 from assets.migration import definitions as migration  # noqa: E402
 from resources.profiles import build_resources  # noqa: E402
 
-DOMAINS = [lake_ops, migration]
+DOMAINS = [lake_ops, migration, cdc]
 
 # Applied to every asset that does not declare its own freshness policy.
 DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(

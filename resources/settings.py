@@ -55,6 +55,21 @@ def landing_queue_name() -> str:
     return os.environ.get("PLATFORM_LANDING_QUEUE", "data-platform-landing-events")
 
 
+def cdc_queue_name() -> str:
+    """SQS queue that receives S3 event notifications for CDC change files (landing/cdc/)."""
+    return os.environ.get("PLATFORM_CDC_QUEUE", "data-platform-cdc-events")
+
+
+def lake_events_topic_name() -> str:
+    """SNS topic the lake bucket's S3 events go to; the landing and CDC queues subscribe to it."""
+    return os.environ.get("PLATFORM_LAKE_EVENTS_TOPIC", "data-platform-lake-events")
+
+
+def alerts_topic_name() -> str:
+    """SNS topic for alerts (failed loads, quarantined files, blocked tables)."""
+    return os.environ.get("PLATFORM_ALERTS_TOPIC", "data-platform-alerts")
+
+
 # The Dagster instance's PostgreSQL storage (platform/dagster.yaml reads the same variables
 # through `{env: ...}`; `dp up` sets them with these defaults).
 def dagster_pg_host() -> str:

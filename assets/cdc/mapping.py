@@ -323,3 +323,16 @@ def select_tables(rules: list[SelectionRule], available: list[tuple[str, str]]) 
         if any(r.include for r in matching) and not any(not r.include for r in matching):
             chosen.append((schema, table))
     return chosen
+
+
+def cluster_url(cluster: ClusterSpec) -> str:
+    """The cluster's SQLAlchemy URL (no database): its `url_env` variable on the aws profile (or
+    whenever that variable is set), its `local_url` otherwise. Read at use time."""
+    from resources import settings
+
+    url = settings.env(cluster.url_env) if cluster.url_env else None
+    if url:
+        return url
+    if settings.profile_name() == "aws":
+        raise ValueError(f"cluster {cluster.name!r}: set {cluster.url_env or 'its url_env'} to its URL")
+    return cluster.local_url

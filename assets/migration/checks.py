@@ -10,13 +10,13 @@ from typing import Any
 import dagster as dg
 
 from assets.migration import DOMAIN
-from assets.migration.columns import TablePlan
 from assets.migration.extract import table_ref
 from assets.migration.loads import each_partition
 from assets.migration.reconcile import PartitionCheck, partitions_to_check, reconcile
 from assets.migration.registry import TableSpec
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.datasets import read_partition_batches
+from resources.sql_columns import TablePlan
 from resources.sql_source import SqlSource
 from resources.warehouse.sql import quote_identifier
 

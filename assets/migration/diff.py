@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assets.migration.columns import ColumnPlan, TablePlan
 from assets.migration.extract import conform, key_ranges, read_sqls, select_sql
-from assets.migration.rowhash import duckdb_session, lake_row_hash, source_row_hash
 from resources.lake import LakePartition, LakeStorage, LocalLake, Tier
 from resources.lake.paths import dataset_prefix
+from resources.rowhash import duckdb_session, lake_row_hash, source_row_hash
+from resources.sql_columns import ColumnPlan, TablePlan
 from resources.warehouse.sql import quote_identifier
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from assets.migration.columns import TablePlan
+from resources.sql_columns import TablePlan
 from resources.sql_source import SqlSource
 
 if TYPE_CHECKING:

@@ -20,11 +20,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from assets.migration import DOMAIN
-from assets.migration.columns import TablePlan
 from assets.migration.extract import conform, read_table, table_ref
 from assets.migration.preflight import plan_table
 from assets.migration.registry import LoadMode, TableSpec
-from assets.migration.rowhash import duckdb_session, lake_row_hash
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.datasets import (
     LoadState,
@@ -34,6 +32,8 @@ from resources.lake.datasets import (
 )
 from resources.lake.datasets import partition_end as _grain_end
 from resources.lake.paths import PARQUET_COMPRESSION, dataset_prefix, object_key, parse_key
+from resources.rowhash import duckdb_session, lake_row_hash
+from resources.sql_columns import TablePlan
 from resources.sql_source import SqlSource
 from resources.warehouse.sql import quote_identifier
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from assets.migration.columns import TablePlan, UnsupportedColumn, describe, plan_column
+from resources.sql_columns import TablePlan, UnsupportedColumn, describe, plan_column
 
 if TYPE_CHECKING:
     from assets.migration.registry import TableSpec

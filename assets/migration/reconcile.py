@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 from assets.migration import DOMAIN
 from assets.migration.extract import conform, read_table, table_ref
 from assets.migration.registry import Grain, LoadMode, TableSpec
-from assets.migration.rowhash import duckdb_session, lake_row_hash, source_row_hash
 from resources.lake import LakePartition, LakeStorage, Tier
 from resources.lake.datasets import PartitionWriter, partition_end, read_partition_batches
+from resources.rowhash import duckdb_session, lake_row_hash, source_row_hash
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from assets.migration.columns import TablePlan
+    from resources.sql_columns import TablePlan
     from resources.sql_source import SqlSource
 
 

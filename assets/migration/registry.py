@@ -18,10 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from assets.migration.columns import READ_AS
 from assets.shared.catalog import CatalogError, load_catalog_dir, load_yaml_model
 from resources.lake.datasets import Grain
 from resources.settings import PROJECT_ROOT
+from resources.sql_columns import READ_AS
 
 CATALOG_DIR = PROJECT_ROOT / "platform" / "catalogs" / "migration"
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assets.migration import DOMAIN
-from assets.migration.columns import TablePlan
 from assets.migration.diff import (
     CHANGED,
     EXTRA,
@@ -57,10 +56,11 @@ from assets.migration.diff import (
 )
 from assets.migration.extract import conform, read_sqls, read_table, table_ref
 from assets.migration.registry import ChangeDetection, LoadMode, TableSpec
-from assets.migration.rowhash import lake_row_hash
 from resources.lake import LakePartition, LakeStorage, LoadState, Tier
 from resources.lake.datasets import partition_end
 from resources.lake.paths import PARQUET_COMPRESSION, object_key
+from resources.rowhash import lake_row_hash
+from resources.sql_columns import TablePlan
 from resources.warehouse.sql import quote_identifier
 
 if TYPE_CHECKING:

@@ -32,7 +32,8 @@ def _describe(path: Path, raw: dict[str, Any], error: ValidationError, item_list
             items = raw.get(str(loc[0])) or []
             item = items[loc[1]] if loc[1] < len(items) and isinstance(items[loc[1]], dict) else {}
             kind = str(loc[0]).removesuffix("s")  # 'tables' -> 'table'
-            label = item.get("name") or item.get("table") or f"#{loc[1]}"  # CDC tables are named by their source
+            # CDC mapping tables are named by their source table when they have no name
+            label = item.get("name") or item.get("table") or f"#{loc[1]}"
             where = f"{kind} {label!r}: "
             whole = f"({kind})"  # a validator of the whole item
             loc = loc[2:]

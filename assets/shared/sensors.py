@@ -45,6 +45,7 @@ class Plan:
     settled: set[tuple[str, str]] = field(default_factory=set)
     new_objects: int = 0
     re_requested: int = 0
+    claimed: list[Arrival] = field(default_factory=list)  # arrivals this tick claimed for a new run
 
 
 def _partitions_id(partitions_def: dg.PartitionsDefinition | None) -> str:
@@ -128,6 +129,7 @@ def plan_runs(
                 _request(run_key, partition_key, targets, [a.ref.key for a in claimed], sensor)
             )
             plan.new_objects += len({a.ref.identity for a in claimed})
+            plan.claimed += claimed
 
     if held:
         runs = existing_run_keys(context.instance, {c.run_key for c in held.values()})

@@ -42,6 +42,7 @@ class Handled:
     done: set[str] = field(default_factory=set)  # message ids that may be deleted now
     dynamic_partitions_requests: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # shown as the tick's skip reason when nothing runs
+    asset_events: list[Any] = field(default_factory=list)  # e.g. materializations of external assets
 
 
 Handler = Callable[[dg.SensorEvaluationContext, Sequence[Received[Any]]], Handled]
@@ -124,12 +125,13 @@ def sqs_sensor(
         waiting = len(received) - len(entries)
         if waiting:
             context.log.info(f"{name}: {waiting} messages wait for their runs; deleted once the runs exist")
-        if not handled.run_requests and not handled.dynamic_partitions_requests:
+        if not handled.run_requests and not handled.dynamic_partitions_requests and not handled.asset_events:
             reason = "; ".join(handled.notes) or "nothing new to run"
             return dg.SkipReason(f"{len(received)} messages, {len(entries)} deleted: {reason}")
         return dg.SensorResult(
             run_requests=handled.run_requests,
             dynamic_partitions_requests=handled.dynamic_partitions_requests,
+            asset_events=handled.asset_events,
         )
 
     return _sensor

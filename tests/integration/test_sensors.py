@@ -29,7 +29,7 @@ TABLES = [f"t{i:02d}" for i in range(40)]
 def _table_asset(table: str) -> dg.AssetsDefinition:
     @dg.asset(key=["cdc", table], partitions_def=DAILY)
     def _asset(context: dg.AssetExecutionContext, lake: LakeStorage, warehouse: Warehouse) -> None:
-        prefix = f"landing/cdc/{table}/"
+        prefix = f"landing/feeds/{table}/"
         day = LakePartition.from_key(context.partition_key, DAILY)
         refs = [
             FileRef(o.key, lake.etag(o))
@@ -44,7 +44,7 @@ def _table_asset(table: str) -> dg.AssetsDefinition:
 
 
 ASSETS = [_table_asset(t) for t in TABLES]
-ROUTES = [LakeRoute.for_asset(a, Tier.LANDING, "cdc", t) for a, t in zip(ASSETS, TABLES, strict=True)]
+ROUTES = [LakeRoute.for_asset(a, Tier.LANDING, "feeds", t) for a, t in zip(ASSETS, TABLES, strict=True)]
 TARGETS = [a.key.to_user_string() for a in ASSETS]
 
 
@@ -77,7 +77,7 @@ def _drain_test_events(sqs, url):
 
 
 def _write(lake: LakeStorage, table: str, value: int = 1) -> str:
-    return lake.write_parquet(pa.table({"x": [value]}), Tier.LANDING, "cdc", table, DAY)
+    return lake.write_parquet(pa.table({"x": [value]}), Tier.LANDING, "feeds", table, DAY)
 
 
 def _tick(sensor, instance, cursor=None, **resources):
@@ -114,7 +114,7 @@ def _applied(warehouse, lake) -> dict[str, set[str]]:
     ledger = FileLedger(warehouse)
     found = {}
     for table, target in zip(TABLES, TARGETS, strict=True):
-        refs = [FileRef(o.key, lake.etag(o)) for o in lake.list_objects(f"landing/cdc/{table}/")]
+        refs = [FileRef(o.key, lake.etag(o)) for o in lake.list_objects(f"landing/feeds/{table}/")]
         found[target] = ledger.applied(target, refs)
     return found
 
@@ -154,7 +154,7 @@ def test_listing_and_event_sensors_together_request_each_object_once(
 ):
     lake, queue, sqs, url = notified_lake
     events = s3_event_sensor("cdc_events", ROUTES, queue_name=lambda: queue, visibility_timeout=1)
-    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/")
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/feeds/")
     requested: list[dg.RunRequest] = []
     listing_cursor = None
 
@@ -178,7 +178,7 @@ def test_listing_and_event_sensors_together_request_each_object_once(
     final_listing = _tick(listing, instance, listing_cursor, lake=lake, warehouse=warehouse)
     assert _requests(final_events) == [] and _requests(final_listing) == []
 
-    files = lake.list_objects("landing/cdc/")
+    files = lake.list_objects("landing/feeds/")
     assert len(files) == 36
     assert sum(int(r.tags["lake/objects"]) for r in requested) == len(files)  # each object requested once
     assert len({r.run_key for r in requested}) == len(requested)
@@ -211,7 +211,7 @@ def test_daemon_killed_before_the_runs_exist_loses_no_file(local_aws, notified_l
 
 
 def test_listing_sensor_re_requests_a_run_that_never_appeared(local_lake, instance, warehouse):
-    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/")
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/feeds/")
     for table in TABLES[:3]:
         _write(local_lake, table)
     first = _tick(listing, instance, lake=local_lake, warehouse=warehouse)
@@ -226,7 +226,7 @@ def test_listing_sensor_re_requests_a_run_that_never_appeared(local_lake, instan
 
 
 def test_listing_backstop_requests_files_the_ledger_never_saw(local_lake, instance, warehouse):
-    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/cdc/", reconcile_every_seconds=0)
+    listing = lake_objects_sensor("cdc_listing", ROUTES, prefix="landing/feeds/", reconcile_every_seconds=0)
     _write(local_lake, "t00")
     first = _tick(listing, instance, lake=local_lake, warehouse=warehouse)
     _launch(_requests(first), instance, local_lake, warehouse)
@@ -308,13 +308,13 @@ def test_routed_other_bucket_requests_its_asset(local_aws, notified_lake, instan
 def test_listing_groups_hourly_files_into_their_day_and_keys_are_deterministic(
     local_lake, instance, warehouse
 ):
-    route = LakeRoute(ASSETS[0].key, Tier.LANDING, "cdc", "t00", partition_key=day_of)
+    route = LakeRoute(ASSETS[0].key, Tier.LANDING, "feeds", "t00", partition_key=day_of)
     listing = lake_objects_sensor("cdc_listing", [route])
     for hour in (7, 8):
         local_lake.write_parquet(
-            pa.table({"x": [1]}), Tier.LANDING, "cdc", "t00", LakePartition(date(2026, 11, 23), hour)
+            pa.table({"x": [1]}), Tier.LANDING, "feeds", "t00", LakePartition(date(2026, 11, 23), hour)
         )
-    local_lake.put_bytes("landing/cdc/t00/not-a-partition/x.parquet", b"junk")  # breaks the conventions
+    local_lake.put_bytes("landing/feeds/t00/not-a-partition/x.parquet", b"junk")  # breaks the conventions
     first = _requests(_tick(listing, instance, lake=local_lake, warehouse=warehouse))
     assert [(r.partition_key, r.tags["lake/objects"]) for r in first] == [("2026-11-23", "2")]
     other = DuckDBWarehouse(path=str(warehouse.database_path()) + ".2")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from assets.migration.columns import (
+from resources.sql_columns import (
     READ_AS,
     SourceColumn,
     UnsupportedColumn,

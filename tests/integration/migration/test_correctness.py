@@ -22,8 +22,8 @@ from assets.migration.preflight import plan_table
 from assets.migration.publish import warehouse_table
 from assets.migration.reconcile import lake_checksums, source_checksums
 from assets.migration.registry import SourceSystem
-from assets.migration.rowhash import duckdb_session, lake_row_hash
 from resources.lake import LakePartition
+from resources.rowhash import duckdb_session, lake_row_hash
 from resources.sql_source import SqlSource
 from resources.warehouse import DuckDBWarehouse
 from resources.warehouse.sql import quote_table

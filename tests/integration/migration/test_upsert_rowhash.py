@@ -21,10 +21,10 @@ from assets.migration.diff import diff, lake_hashes, source_hashes
 from assets.migration.extract import conform, read_table
 from assets.migration.preflight import plan_table
 from assets.migration.registry import TableSpec
-from assets.migration.rowhash import duckdb_session, lake_row_hash, source_row_hash
 from assets.migration.upsert import load_upsert
 from resources.lake import LakePartition, LocalLake, Tier
 from resources.lake.datasets import LoadState
+from resources.rowhash import duckdb_session, lake_row_hash, source_row_hash
 from resources.sql_source import SqlSource
 
 DAY1, DAY2, DAY3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)

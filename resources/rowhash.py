@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from assets.migration.columns import FLOAT_DECIMALS, HASH_HEX_DIGITS, ColumnPlan
+from resources.sql_columns import FLOAT_DECIMALS, HASH_HEX_DIGITS, ColumnPlan
 
 FLOAT_SCIENTIFIC = "1e28"  # from here on floats hash as 15 significant digits in scientific notation
 
