@@ -60,3 +60,74 @@ def ensure_bucket_notifications(aws: AwsClients, bucket: str, queue_name: str, p
             ]
         },
     )
+
+
+def queue_arn(aws: AwsClients, queue_url: str) -> str:
+    attrs = aws.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    return str(attrs["Attributes"]["QueueArn"])
+
+
+def ensure_topic(aws: AwsClients, name: str) -> str:
+    """An SNS topic (CreateTopic is idempotent); returns its ARN."""
+    return str(aws.client("sns").create_topic(Name=name)["TopicArn"])
+
+
+def ensure_bucket_fanout(aws: AwsClients, bucket: str, topic_name: str, queue_names: list[str]) -> str:
+    """The bucket's ObjectCreated events go to one SNS topic, and every queue subscribes to it.
+
+    S3 refuses two notification configurations whose prefixes overlap (landing/ and
+    landing/cdc/), so each consumer gets every event through the topic and keeps its own.
+    """
+    s3, sqs, sns = aws.client("s3"), aws.client("sqs"), aws.client("sns")
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=bucket)
+    topic = ensure_topic(aws, topic_name)
+    sns.set_topic_attributes(
+        TopicArn=topic,
+        AttributeName="Policy",
+        AttributeValue=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "s3.amazonaws.com"},
+                        "Action": "sns:Publish",
+                        "Resource": topic,
+                        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                    }
+                ],
+            }
+        ),
+    )
+    for name in queue_names:
+        url = ensure_queue(aws, name)
+        arn = queue_arn(aws, url)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "sns.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": topic}},
+                }
+            ],
+        }
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)  # idempotent for the same endpoint
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "TopicConfigurations": [
+                {
+                    "Id": f"{topic_name}-created",
+                    "TopicArn": topic,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "landing/"}]}},
+                }
+            ]
+        },
+    )
+    return topic

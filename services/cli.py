@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p_runs.add_argument("--from", dest="first", default=None)
     p_runs.add_argument("--to", dest="last", default=None)
 
+    from services.cdc.cli import add_parser as add_cdc_parser
+
+    add_cdc_parser(sub)
+
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
     p_pre = mig.add_parser(
@@ -107,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     p_mstatus.add_argument("table", metavar="SOURCE.TABLE", nargs="?", default=None)
     p_mstatus.add_argument("--limit", type=int, default=10, help="latest load_status rows per table")
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] in (["cdc", "capture"], ["cdc", "full-load"]):
+        # These two pass their own options through to the service's parser.
+        from services.cdc.cli import run_service
+
+        return run_service(argv[1], argv[2:])
     args = parser.parse_args(argv)
     if args.command == "up":
         from services.stack import up
@@ -170,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return _materialize_runs(args.select, args.definitions, args.partition, args.first, args.last)
     if args.command == "migration":
         return _migration(parser, args)
+    if args.command == "cdc":
+        from services.cdc.cli import run as run_cdc
+
+        return run_cdc(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from resources import settings
+from resources.lake.paths import dms_prefix
 from services.moto import start_moto, wait_for_http
 
 PIDFILE = "stack.pid"
@@ -187,28 +188,38 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
             )
         )
         wait_for_http(f"http://127.0.0.1:{ui_port}/server_info", timeout=180, proc=procs[-1][1])
-        feed_log = open(var / "logs" / "demo_feed.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
-            (
-                "demo-feed",
-                subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "demo-feed", "--interval", str(demo_interval)],
-                    cwd=settings.PROJECT_ROOT,
-                    env=env,
-                    stdout=feed_log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                ),
-            )
+            ("demo-feed", _service("demo-feed", ["demo-feed", "--interval", str(demo_interval)], env, var))
         )
+        # CDC: the capture first (it fixes the binlog position it starts from), then a full load of
+        # mapped tables the lake has never seen, then the demo traffic on the source tables.
+        procs.append(("cdc-capture", _service("cdc-capture", ["cdc", "capture"], env, var)))
+        _initial_full_loads(env, var)
+        if settings.demo_sources_enabled():
+            procs.append(
+                ("cdc-traffic", _service("cdc-traffic", ["cdc", "demo-traffic", "--rate", "2"], env, var))
+            )
         print(
             f"stack: up. Dagster UI at http://127.0.0.1:{ui_port} (Ctrl-C or `dp down` stops it)", flush=True
         )
+        restarts: dict[str, float] = {}
         while not stopping:
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    print(f"stack: {name} exited with code {proc.returncode}; stopping", flush=True)
-                    stopping = True
+            for i, (name, proc) in enumerate(procs):
+                if proc.poll() is None:
+                    continue
+                if name in RESTARTED:
+                    # A source that is down (the second MariaDB, say) must not stop the platform:
+                    # the service is started again, at most once a minute, and its log says why.
+                    if time.monotonic() - restarts.get(name, 0.0) >= 60:
+                        print(
+                            f"stack: {name} exited ({proc.returncode}); restarting (logs/{name}.log)",
+                            flush=True,
+                        )
+                        restarts[name] = time.monotonic()
+                        procs[i] = (name, _restart(name, proc, env, var))
+                    continue
+                print(f"stack: {name} exited with code {proc.returncode}; stopping", flush=True)
+                stopping = True
             time.sleep(0.5)
     finally:
         print("stack: stopping", flush=True)
@@ -218,17 +229,75 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
     return 0
 
 
+RESTARTED = {"cdc-capture", "cdc-traffic"}
+_ARGS: dict[str, list[str]] = {}
+
+
+def _service(name: str, args: list[str], env: dict[str, str], var: Path) -> subprocess.Popen:
+    """A `dp` subcommand as a service of the stack, logging to var/logs/<name>.log."""
+    _ARGS[name] = args
+    log = open(var / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=settings.PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _restart(name: str, _old: subprocess.Popen, env: dict[str, str], var: Path) -> subprocess.Popen:
+    return _service(name, _ARGS[name], env, var)
+
+
+def _initial_full_loads(env: dict[str, str], var: Path, wait: float = 30.0) -> None:
+    """Full-load every mapped table that exists at its source and has no change file yet.
+
+    Waits for the capture's first checkpoints, so the snapshot's position is after the
+    capture's start and no change falls between the two.
+    """
+    from assets.cdc.mapping import load_mapping
+    from resources.profiles import build_resources
+    from services.cdc.checkpoint import load_checkpoint
+    from services.cdc.full_load import full_load
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        mapping = load_mapping()
+        lake = build_resources()["lake"]
+        deadline = time.monotonic() + wait
+        clusters = sorted({t.cluster.name for t in mapping.enabled})
+        while time.monotonic() < deadline and not all(load_checkpoint(lake, c) for c in clusters):
+            time.sleep(1)
+        for table in mapping.enabled:
+            if load_checkpoint(lake, table.cluster.name) is None:
+                continue  # its capture is not running (server down): its loads wait for it
+            if lake.list_objects(dms_prefix(table.cluster.name, table.database, table.table)):
+                continue
+            try:
+                keys = full_load(mapping, lake, table.target)
+                print(f"stack: full load of {table.target}: {len(keys)} files", flush=True)
+            except Exception as exc:  # a table that does not exist yet is created (and captured) later
+                print(f"stack: no full load of {table.target}: {exc}", flush=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _bootstrap_aws(lake_in_s3: bool) -> None:
     from resources.aws import AwsClients
-    from services.aws_bootstrap import ensure_bucket_notifications, ensure_queue
+    from services.aws_bootstrap import ensure_bucket_fanout, ensure_queue, ensure_topic
 
     aws = AwsClients(use_local_endpoint=True)
+    queues = [settings.landing_queue_name(), settings.cdc_queue_name()]
     if lake_in_s3:
-        ensure_bucket_notifications(
-            aws, settings.lake_bucket(), settings.landing_queue_name(), prefix="landing/"
-        )
+        ensure_bucket_fanout(aws, settings.lake_bucket(), settings.lake_events_topic_name(), queues)
     else:
-        ensure_queue(aws, settings.landing_queue_name())
+        for name in queues:
+            ensure_queue(aws, name)
+    ensure_topic(aws, settings.alerts_topic_name())
 
 
 DEMO_SCALE = 50_000

@@ -1,5 +1,7 @@
 """Per table, the reconciliation check: the source against the current-state table."""
 
+from typing import Any
+
 import dagster as dg
 from dagster import AssetCheckExecutionContext
 
@@ -8,6 +10,13 @@ from assets.cdc.mapping import CdcTable
 
 RECONCILE_CHECK = "reconciles_with_source"
 RECONCILE_CRON = "*/10 * * * *"
+
+
+def _every(cron: str) -> Any:
+    # Typed Any: the condition is generic, and Dagster's stubs type it for asset keys only.
+    return (dg.AutomationCondition.cron_tick_passed(cron) & ~dg.AutomationCondition.in_progress()).with_label(
+        f"on {cron}"
+    )
 
 
 def reconcile_check(table: CdcTable) -> dg.AssetChecksDefinition:
@@ -21,8 +30,7 @@ def reconcile_check(table: CdcTable) -> dg.AssetChecksDefinition:
             " consistent-snapshot query."
         ),
         required_resource_keys={"lake", "warehouse"},
-        automation_condition=dg.AutomationCondition.cron_tick_passed(RECONCILE_CRON)
-        & ~dg.AutomationCondition.in_progress(),
+        automation_condition=_every(RECONCILE_CRON),
     )
     def _check(context: AssetCheckExecutionContext) -> dg.AssetCheckResult:
         from assets.cdc.reconcile import reconcile

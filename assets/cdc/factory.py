@@ -175,7 +175,7 @@ def load_asset(table: CdcTable) -> dg.AssetsDefinition:
                 f"{table.target}: nothing new to apply ({result.files_skipped} files already applied)"
             )
             return
-        common = {
+        common: dict[str, Any] = {
             "files_applied": result.files_applied,
             "inserts": result.changes.get("I", 0),
             "updates": result.changes.get("U", 0),

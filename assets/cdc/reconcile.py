@@ -118,7 +118,7 @@ def _source_hashes(table: CdcTable, plans: list[Any]) -> tuple[pa.Table, str]:
         con.close()
     snapshot = f"{status.get('Binlog_snapshot_file', '')}:{status.get('Binlog_snapshot_position', '')}"
     names = [*table.primary_key, "h"]
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
     data = pa.table(
         {n: pa.array([str(v) for v in col], pa.string()) for n, col in zip(names[:-1], columns, strict=True)}
     )

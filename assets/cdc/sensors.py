@@ -33,6 +33,7 @@ from resources.ledger import FileLedger, FileRef
 LISTING_INTERVAL = 5  # seconds between listings; the daemon's own loop adds 0-5 s
 EVENTS_INTERVAL = 2
 RECONCILE_EVERY = 300  # a whole listing (not only new objects) this often
+CDC_PREFIX = dms_prefix("x")[: -len("x/")]  # landing/cdc/
 
 
 class CdcRouter:
@@ -107,11 +108,12 @@ def events_sensor(mapping: CdcMapping) -> dg.SensorDefinition:
                 if not event.is_created:
                     continue
                 key = lake.key_from_notification(event.bucket, event.key)
-                if key is None or is_hidden(key):
-                    if key is None:
-                        unrouted.add(message.message_id)
-                        context.log.warning(f"{name}: s3://{event.bucket}/{event.key} is not in the lake")
+                if key is None:
+                    unrouted.add(message.message_id)
+                    context.log.warning(f"{name}: s3://{event.bucket}/{event.key} is not in the lake")
                     continue
+                if is_hidden(key) or not key.startswith(CDC_PREFIX):
+                    continue  # the lake's other landing objects reach this queue too (SNS fan-out)
                 arrival, why = router.arrival(key, event.etag)
                 if arrival is None:
                     unrouted.add(message.message_id)
@@ -151,7 +153,7 @@ def events_sensor(mapping: CdcMapping) -> dg.SensorDefinition:
 def listing_sensor(mapping: CdcMapping) -> dg.SensorDefinition:
     router = CdcRouter(mapping)
     name = "cdc_change_listing"
-    prefix = dms_prefix("x")[: -len("x/")]  # landing/cdc/
+    prefix = CDC_PREFIX
     targets = sorted(router.by_target)
 
     @dg.sensor(

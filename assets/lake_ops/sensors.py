@@ -10,8 +10,11 @@ from assets.shared.sensors import lake_objects_sensor, s3_event_sensor
 from resources import settings
 from resources.lake import Tier
 
-# Every domain's landing objects count towards that day's arrivals.
-_ROUTE = LakeRoute(asset=landing_arrivals.key, tier=Tier.LANDING, partition_key=day_of)
+# Every domain's landing objects count towards that day's arrivals. CDC change files (several a
+# second) are loaded by the CDC sensors and counted when another file triggers a recount.
+_ROUTE = LakeRoute(
+    asset=landing_arrivals.key, tier=Tier.LANDING, partition_key=day_of, exclude_domains=("cdc",)
+)
 
 landing_listing_sensor = lake_objects_sensor(
     "lake_ops_landing_listing",

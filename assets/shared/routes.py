@@ -48,6 +48,7 @@ class LakeRoute:
     dataset: str | None = None
     partition_key: PartitionKeyFn | None = None
     partitions_def: dg.PartitionsDefinition | None = None
+    exclude_domains: tuple[str, ...] = ()  # domains with sensors of their own (cdc)
 
     @classmethod
     def for_asset(
@@ -58,6 +59,7 @@ class LakeRoute:
     def matches(self, key: LakeKey) -> bool:
         return (
             key.tier == self.tier
+            and key.domain not in self.exclude_domains
             and (self.domain is None or key.domain == self.domain)
             and (self.dataset is None or key.dataset == self.dataset)
         )

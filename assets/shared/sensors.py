@@ -31,7 +31,7 @@ from assets.shared.routes import Arrival, BucketRoute, LakeRoute, bucket_arrival
 from assets.shared.s3_events import S3Event, parse_message
 from assets.shared.sqs_sensor import Handled, Received, sqs_sensor
 from resources.lake import ListingCursor
-from resources.lake.paths import LakePathError, is_hidden
+from resources.lake.paths import LakePathError, is_hidden, parse_key
 from resources.ledger import Claim, FileLedger
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -166,7 +166,9 @@ def _lake_arrivals(context: Any, lake: Any, objects: Sequence[Any], routes: list
     arrivals: list[Arrival] = []
     for obj in objects:
         try:
-            arrivals += lake_arrivals(obj.key, lake.etag(obj), routes)
+            parsed = parse_key(obj.key)
+            if any(route.matches(parsed) for route in routes):  # an ETag may read the whole file
+                arrivals += lake_arrivals(obj.key, lake.etag(obj), routes)
         except LakePathError as exc:
             context.log.warning(f"skipping {obj.key}: {exc}")
     return arrivals
