@@ -1,0 +1,524 @@
+"""The CDC apply engine against a DuckDB warehouse file and the lake in both modes (local, S3 on moto)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from dms_files import (
+    T0,
+    Change,
+    cdc_table,
+    put_raw,
+    seq,
+    write_cdc,
+    write_load,
+    write_real_dms_cdc,
+    write_real_dms_load,
+)
+
+from assets.cdc import apply as apply_module
+from assets.cdc.apply import (
+    accept_schema,
+    apply_pending,
+    list_change_files,
+    quarantine_counts,
+    release_quarantined,
+    table_stats,
+)
+from assets.cdc.mapping import CdcTable
+from resources.lake import LakeStorage
+from resources.ledger import APPLIED
+from resources.warehouse.duckdb import DuckDBWarehouse
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> DuckDBWarehouse:
+    return DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb"))
+
+
+def current(wh: DuckDBWarehouse, table: CdcTable, columns: str = "id, name, qty") -> list[dict[str, Any]]:
+    return wh.query(f"SELECT {columns} FROM {table.current_table} ORDER BY id").to_pylist()
+
+
+def history(wh: DuckDBWarehouse, table: CdcTable) -> list[tuple[str, str, int]]:
+    rows = wh.query(
+        f"SELECT _op, _change_seq, id FROM {table.history_table} ORDER BY _change_seq"
+    ).to_pylist()
+    return [(r["_op"], r["_change_seq"], r["id"]) for r in rows]
+
+
+def I(n: int, id_: int, name: str, qty: int = 0) -> Change:  # noqa: E743 - reads as the Op
+    return Change("I", n, {"id": id_, "name": name, "qty": qty})
+
+
+def U(n: int, id_: int, name: str, qty: int = 0) -> Change:
+    return Change("U", n, {"id": id_, "name": name, "qty": qty})
+
+
+def D(n: int, id_: int) -> Change:
+    return Change("D", n, {"id": id_, "name": None, "qty": None})
+
+
+def test_current_and_history_exact_once(lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table()
+    same_second = T0 + timedelta(seconds=30)
+    write_cdc(lake, t, [I(1, 1, "a", 1), I(2, 2, "b", 2), I(3, 3, "c", 3)], at=T0 + timedelta(seconds=10))
+    # Three changes of key 2 in one file and one commit second: file order decides.
+    write_cdc(
+        lake,
+        t,
+        [
+            Change("U", 4, {"id": 2, "name": "b1", "qty": 20}, same_second),
+            Change("U", 5, {"id": 2, "name": "b2", "qty": 21}, same_second),
+            Change("D", 6, {"id": 3, "name": "c", "qty": 3}, same_second),
+            Change("U", 7, {"id": 2, "name": "b3", "qty": 22}, same_second),
+            Change("I", 8, {"id": 3, "name": "c-again", "qty": 30}, same_second),
+        ],
+        at=same_second,
+    )
+    write_cdc(lake, t, [D(9, 1), I(10, 4, "d", 4)], at=T0 + timedelta(seconds=40))
+
+    result = apply_pending(lake, warehouse, t, run_id="run-1")
+    assert (result.files_applied, result.files_skipped, result.quarantined, result.blocked) == (
+        3,
+        0,
+        [],
+        None,
+    )
+    assert result.changes == {"I": 5, "U": 3, "D": 2}
+    assert result.history_rows == 10 and result.max_seq == seq(10)
+    assert current(warehouse, t) == [
+        {"id": 2, "name": "b3", "qty": 22},
+        {"id": 3, "name": "c-again", "qty": 30},
+        {"id": 4, "name": "d", "qty": 4},
+    ]
+    assert [s for _, s, _ in history(warehouse, t)] == [seq(n) for n in range(1, 11)]
+    control = warehouse.query(
+        f"SELECT _cdc_seq, _cdc_commit_ts FROM {t.current_table} WHERE id = 2"
+    ).to_pylist()
+    assert control == [{"_cdc_seq": seq(7), "_cdc_commit_ts": same_second}]
+
+    # The same files listed again, and the same changes re-written in a new file (a capture crash).
+    again = apply_pending(lake, warehouse, t)
+    assert (again.files_applied, again.files_skipped, again.rows) == (0, 3, 0)
+    write_cdc(
+        lake,
+        t,
+        [U(7, 2, "b3", 22), I(8, 3, "c-again", 30), D(9, 1), U(11, 4, "d2", 5)],
+        name="20260302-1001000000.parquet",
+    )
+    rewritten = apply_pending(lake, warehouse, t)
+    assert (rewritten.files_applied, rewritten.duplicates_dropped, rewritten.changes["U"]) == (1, 3, 1)
+    assert current(warehouse, t)[-1] == {"id": 4, "name": "d2", "qty": 5}
+    seqs = [s for _, s, _ in history(warehouse, t)]
+    assert seqs == [seq(n) for n in range(1, 12)]  # every change exactly once
+    files = warehouse.query("SELECT count(*) AS n, sum(duplicates) AS d FROM cdc_state.files").to_pylist()
+    ledger = warehouse.query(f"SELECT count(*) AS n FROM {APPLIED} WHERE target = '{t.target}'").to_pylist()
+    assert files == [{"n": 4, "d": 3}] and ledger == [{"n": 4}]
+
+
+def test_real_dms_task_files(lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    """A real DMS task: LOAD without Op, CDC without AR_H_CHANGE_SEQ, bit(1) as bytes, DECIMAL as text,
+    timestamps without a zone; the mapping says which columns are booleans and decimals."""
+    t = cdc_table(
+        "accounts",
+        columns={"active": {"type": "boolean"}, "balance": {"type": "decimal", "precision": 12, "scale": 2}},
+    )
+    schema = pa.schema(
+        [
+            ("id", pa.int32()),
+            ("active", pa.binary()),
+            ("balance", pa.string()),
+            ("opened", pa.timestamp("us")),
+        ]
+    )
+    day = T0.date()
+    opened = datetime(2025, 1, 2, 3, 4, 5)
+    write_real_dms_load(
+        lake,
+        t,
+        [
+            {"id": i, "active": b"\x01" if i % 2 else b"\x00", "balance": f"{i}.50", "opened": opened}
+            for i in (1, 2, 3)
+        ],
+        counter=1,
+        schema=schema,
+        day=day,
+    )
+    write_real_dms_load(
+        lake,
+        t,
+        [{"id": 4, "active": b"\x01", "balance": "4.00", "opened": None}],
+        counter=2,
+        schema=schema,
+        day=day,
+    )
+    at = T0 + timedelta(minutes=5)
+    write_real_dms_cdc(
+        lake,
+        t,
+        [
+            ("U", {"id": 1, "active": b"\x00", "balance": "10.25", "opened": opened}),
+            (
+                "U",
+                {"id": 1, "active": b"\x01", "balance": "11.75", "opened": opened},
+            ),  # same file, same second
+            ("D", {"id": 2, "active": b"\x00", "balance": "2.50", "opened": opened}),
+            ("I", {"id": 5, "active": b"\x00", "balance": "-0.01", "opened": opened}),
+        ],
+        at=at,
+        schema=schema,
+    )
+    result = apply_pending(lake, warehouse, t)
+    assert (result.files_applied, result.quarantined) == (3, [])
+    rows = warehouse.query(
+        f"SELECT id, active, balance, opened FROM {t.current_table} ORDER BY id"
+    ).to_pylist()
+    assert rows == [
+        {"id": 1, "active": True, "balance": Decimal("11.75"), "opened": opened},
+        {"id": 3, "active": True, "balance": Decimal("3.50"), "opened": opened},
+        {"id": 4, "active": True, "balance": Decimal("4.00"), "opened": None},
+        {"id": 5, "active": False, "balance": Decimal("-0.01"), "opened": opened},
+    ]
+    described = warehouse.query(f"DESCRIBE {t.current_table}").to_pylist()
+    types = {r["column_name"]: r["column_type"] for r in described}
+    assert (types["active"], types["balance"], types["_cdc_commit_ts"]) == (
+        "BOOLEAN",
+        "DECIMAL(12,2)",
+        "TIMESTAMP WITH TIME ZONE",
+    )
+    commit = warehouse.query(f"SELECT _cdc_commit_ts AS c FROM {t.current_table} WHERE id = 5").to_pylist()
+    assert commit == [{"c": at}]  # the zone-less commit time is UTC
+    assert warehouse.query(f"SELECT count(*) AS n FROM {t.history_table}").to_pylist() == [{"n": 8}]
+
+
+def test_bad_files_are_quarantined_and_others_apply(lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table()
+    other = cdc_table("others")
+    write_cdc(lake, t, [I(1, 1, "a"), I(2, 2, "b")], at=T0 + timedelta(seconds=1))
+    corrupt = put_raw(lake, t, "20260302-1000020000.parquet", b"PAR1 this is not parquet")
+    bad_op = write_cdc(
+        lake,
+        t,
+        [I(3, 3, "c"), Change("X", 4, {"id": 3, "name": "c", "qty": 0})],
+        at=T0 + timedelta(seconds=3),
+    )
+    no_key = write_cdc(
+        lake, t, [Change("I", 5, {"id": None, "name": "?", "qty": 0})], at=T0 + timedelta(seconds=4)
+    )
+    bad_name = put_raw(lake, t, "changes-today.parquet", b"x")
+    write_cdc(lake, t, [U(6, 1, "a2"), I(7, 9, "z")], at=T0 + timedelta(seconds=6))
+    write_cdc(lake, other, [I(1, 1, "o")], at=T0 + timedelta(seconds=1))
+
+    result = apply_pending(lake, warehouse, t)
+    causes = {key: cause for key, cause, _ in result.quarantined}
+    assert causes == {corrupt: "corrupt", bad_op: "bad_op", no_key: "missing_key", bad_name: "bad_name"}
+    reasons = {key: reason for key, _, reason in result.quarantined}
+    assert "'X'" in reasons[bad_op] and "'id'" in reasons[no_key]
+    assert result.files_applied == 2
+    assert current(warehouse, t) == [
+        {"id": 1, "name": "a2", "qty": 0},
+        {"id": 2, "name": "b", "qty": 0},
+        {"id": 9, "name": "z", "qty": 0},
+    ]
+    assert apply_pending(lake, warehouse, other).files_applied == 1  # another table is not held back
+    # Left where they are, held on the next call, counted for the dashboard.
+    assert lake.exists(corrupt) and lake.exists(bad_op)
+    again = apply_pending(lake, warehouse, t)
+    assert (again.files_applied, again.files_held, again.quarantined) == (0, 4, [])
+    counts = {(r["target"], r["cause"]): r["files"] for r in quarantine_counts(warehouse)}
+    assert counts == {(t.target, c): 1 for c in ("bad_name", "bad_op", "corrupt", "missing_key")}
+    stats = table_stats(warehouse, t)
+    assert (
+        stats["quarantined"] == 4
+        and stats["blocked"] is None
+        and stats["last_commit_ts"] == (T0 + timedelta(seconds=7)).replace(tzinfo=None)
+    )
+    # Released, a file still bad is quarantined again (a new entry), not lost.
+    assert release_quarantined(warehouse, t, key=corrupt) == [corrupt]
+    retried = apply_pending(lake, warehouse, t)
+    assert [(k, c) for k, c, _ in retried.quarantined] == [(corrupt, "corrupt")]
+
+
+def test_bad_value_names_column_and_example(local_lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table(columns={"qty": {"type": "boolean"}})
+    bad = write_cdc(local_lake, t, [I(1, 1, "a", 1), I(2, 2, "b", 7)], at=T0 + timedelta(seconds=2))
+    write_cdc(local_lake, t, [I(3, 3, "c", 0)], at=T0 + timedelta(seconds=3))
+    result = apply_pending(local_lake, warehouse, t)
+    assert [(k, c) for k, c, _ in result.quarantined] == [(bad, "bad_value")]
+    assert "column 'qty'" in result.quarantined[0][2] and "7" in result.quarantined[0][2]
+    assert current(warehouse, t) == [{"id": 3, "name": "c", "qty": False}]
+
+
+@pytest.mark.parametrize("keep_history", [True, False])
+def test_released_file_applies_out_of_order_without_resurrecting(
+    lake: LakeStorage, warehouse: DuckDBWarehouse, keep_history: bool
+) -> None:
+    t = cdc_table(history=keep_history, columns={"qty": {"type": "decimal", "precision": 5, "scale": 2}})
+    schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("qty", pa.string())])
+    first = write_cdc(
+        lake, t, [I(1, 1, "a", "1.00"), I(2, 2, "b", "2.00")], at=T0 + timedelta(seconds=2), schema=schema
+    )
+    # seq 3-5: key 1 updated, key 3 inserted and updated; qty 1234.50 does not fit decimal(5,2).
+    late = write_cdc(
+        lake, t, [U(3, 1, "a-late", "1234.50"), I(4, 3, "c", "3.00"), U(5, 3, "c-late", "3.50")],
+        at=T0 + timedelta(seconds=5), schema=schema,
+    )  # fmt: skip
+    # seq 6-8, applied first: key 3 deleted, key 1 updated.
+    write_cdc(
+        lake,
+        t,
+        [D(6, 3), U(7, 1, "a-new", "7.00"), I(8, 4, "d", "8.00")],
+        at=T0 + timedelta(seconds=8),
+        schema=schema,
+    )
+    result = apply_pending(lake, warehouse, t)
+    assert [(k, c) for k, c, _ in result.quarantined] == [(late, "bad_value")]
+    assert result.files_applied == 2
+    # The operator widens the column and releases the file: it applies after later changes.
+    for name in [t.current_table] + ([t.history_table] if keep_history else []):
+        warehouse.execute(f"ALTER TABLE {name} ALTER COLUMN qty TYPE DECIMAL(10, 2)")
+    assert release_quarantined(warehouse, t) == [late]
+    replay = apply_pending(lake, warehouse, t)
+    assert (replay.files_applied, replay.quarantined) == (1, [])
+    assert replay.replayed >= 2  # key 1's and key 3's later changes
+    assert current(warehouse, t) == [
+        {"id": 1, "name": "a-new", "qty": Decimal("7.00")},
+        {"id": 2, "name": "b", "qty": Decimal("2.00")},
+        {"id": 4, "name": "d", "qty": Decimal("8.00")},
+    ]
+    if keep_history:
+        assert [s for _, s, _ in history(warehouse, t)] == [seq(n) for n in range(1, 9)]
+    assert lake.exists(first)
+
+
+def test_late_file_never_overwrites_newer_change(local_lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table(history=False)
+    write_cdc(local_lake, t, [I(1, 1, "a"), I(2, 2, "b")], at=T0 + timedelta(seconds=2))
+    newer = write_cdc(local_lake, t, [U(6, 1, "a6"), D(7, 2)], at=T0 + timedelta(seconds=7))
+    older = write_cdc(
+        local_lake, t, [U(3, 1, "a3"), U(4, 2, "b4"), I(5, 7, "g")], at=T0 + timedelta(seconds=5)
+    )
+    files = list_change_files(local_lake, t)
+    assert [f.ref.key for f in files][1:] == [older, newer]  # listed in name order
+    apply_pending(local_lake, warehouse, t, files=[f for f in files if f.ref.key != older])
+    result = apply_pending(local_lake, warehouse, t)
+    assert result.files_applied == 1
+    assert current(warehouse, t) == [{"id": 1, "name": "a6", "qty": 0}, {"id": 7, "name": "g", "qty": 0}]
+
+
+def test_schema_drift(lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t, other = cdc_table(), cdc_table("others")
+    wide = pa.schema([*cdc_table_schema(), ("color", pa.string())])
+    write_cdc(lake, t, [I(1, 1, "a", 1)], at=T0 + timedelta(seconds=1))
+    write_cdc(
+        lake,
+        t,
+        [Change("I", 2, {"id": 2, "name": "b", "qty": 2, "color": "red"})],
+        at=T0 + timedelta(seconds=2),
+        schema=wide,
+    )
+    added = apply_pending(lake, warehouse, t)
+    assert added.columns_added == ["color"] and added.files_applied == 2
+    assert current(warehouse, t, "id, color") == [{"id": 1, "color": None}, {"id": 2, "color": "red"}]
+    hist = warehouse.query(f"SELECT id, color FROM {t.history_table} ORDER BY id").to_pylist()
+    assert hist == [{"id": 1, "color": None}, {"id": 2, "color": "red"}]
+
+    # qty retyped int -> varchar at the source: the table blocks at that file, the other table goes on.
+    retyped = pa.schema(
+        [("id", pa.int64()), ("name", pa.string()), ("qty", pa.string()), ("color", pa.string())]
+    )
+    write_cdc(
+        lake,
+        t,
+        [Change("U", 3, {"id": 1, "name": "a", "qty": "12 pcs", "color": "blue"})],
+        at=T0 + timedelta(seconds=3),
+        schema=retyped,
+    )
+    write_cdc(
+        lake,
+        t,
+        [Change("I", 4, {"id": 5, "name": "e", "qty": "5", "color": None})],
+        at=T0 + timedelta(seconds=4),
+        schema=retyped,
+    )
+    write_cdc(lake, other, [I(1, 1, "o", 1)], at=T0 + timedelta(seconds=3))
+    blocked = apply_pending(lake, warehouse, t)
+    assert blocked.files_applied == 0 and blocked.blocked is not None
+    assert "'qty'" in blocked.blocked and "int32" in blocked.blocked and "string" in blocked.blocked
+    assert "20260302-1000030000.parquet" in blocked.blocked
+    assert apply_pending(lake, warehouse, t).blocked == blocked.blocked  # refused while blocked
+    assert apply_pending(lake, warehouse, other).files_applied == 1
+    assert table_stats(warehouse, t)["blocked"] == blocked.blocked
+    assert current(warehouse, t, "id, qty") == [{"id": 1, "qty": 1}, {"id": 2, "qty": 2}]
+
+    assert accept_schema(warehouse, t) == ["qty: int32 -> string"]
+    resumed = apply_pending(lake, warehouse, t)
+    assert (resumed.files_applied, resumed.blocked) == (2, None)
+    assert current(warehouse, t, "id, qty, color") == [
+        {"id": 1, "qty": "12 pcs", "color": "blue"},
+        {"id": 2, "qty": "2", "color": "red"},
+        {"id": 5, "qty": "5", "color": None},
+    ]
+
+    # color dropped at the source: blocks; accepted, it stays, null from now on.
+    dropped = pa.schema([("id", pa.int64()), ("name", pa.string()), ("qty", pa.string())])
+    write_cdc(
+        lake,
+        t,
+        [Change("U", 5, {"id": 2, "name": "b2", "qty": "3"})],
+        at=T0 + timedelta(seconds=5),
+        schema=dropped,
+    )
+    assert "'color' dropped" in (apply_pending(lake, warehouse, t).blocked or "")
+    assert accept_schema(warehouse, t) == ["color: dropped at the source, kept (null from now on)"]
+    assert apply_pending(lake, warehouse, t).files_applied == 1
+    assert current(warehouse, t, "id, name, color")[1] == {"id": 2, "name": "b2", "color": None}
+
+
+def cdc_table_schema() -> list[tuple[str, pa.DataType]]:
+    return [("id", pa.int64()), ("name", pa.string()), ("qty", pa.int32())]
+
+
+def test_widening_is_applied_without_a_block(local_lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table()
+    write_cdc(local_lake, t, [I(1, 1, "a", 1)], at=T0 + timedelta(seconds=1))
+    wider = pa.schema([("id", pa.int64()), ("name", pa.string()), ("qty", pa.int64())])
+    write_cdc(local_lake, t, [I(2, 2, "b", 2**40)], at=T0 + timedelta(seconds=2), schema=wider)
+    result = apply_pending(local_lake, warehouse, t)
+    assert (result.blocked, result.columns_widened) == (None, ["qty"])
+    assert current(warehouse, t, "id, qty") == [{"id": 1, "qty": 1}, {"id": 2, "qty": 2**40}]
+
+
+def test_crash_inside_the_transaction_leaves_nothing(
+    lake: LakeStorage, warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = cdc_table()
+    write_cdc(lake, t, [I(1, 1, "a"), I(2, 2, "b")], at=T0 + timedelta(seconds=2))
+    write_cdc(lake, t, [U(3, 1, "a3"), D(4, 2)], at=T0 + timedelta(seconds=4))
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("killed after history and MERGE, before the ledger")
+
+    with monkeypatch.context() as patched:  # not monkeypatch.undo(): the lake fixture's settings stay
+        patched.setattr(apply_module, "_record", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            apply_pending(lake, warehouse, t)
+    for name in (t.current_table, t.history_table):
+        assert not warehouse.table_exists(name)  # created in the rolled-back transaction
+    assert warehouse.query("SELECT count(*) AS n FROM cdc_state.files").to_pylist() == [{"n": 0}]
+    assert not warehouse.table_exists(APPLIED) or warehouse.query(
+        f"SELECT count(*) AS n FROM {APPLIED}"
+    ).to_pylist() == [{"n": 0}]
+
+    result = apply_pending(lake, warehouse, t)
+    assert (result.files_applied, result.history_rows) == (2, 4)
+    assert current(warehouse, t) == [{"id": 1, "name": "a3", "qty": 0}]
+    assert [s for _, s, _ in history(warehouse, t)] == [seq(n) for n in (1, 2, 3, 4)]
+
+
+def test_load_set_deletes_absent_keys_once_complete(lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table()
+    write_cdc(lake, t, [I(1, 1, "a"), I(2, 2, "b"), I(3, 3, "c")], at=T0 + timedelta(seconds=3))
+    apply_pending(lake, warehouse, t)
+    # A backfill at seq 10 (key 2 no longer exists at the source, a delete the capture missed);
+    # meanwhile key 1 changed at seq 12 and key 5 was inserted at seq 13.
+    write_cdc(lake, t, [U(12, 1, "a12"), I(13, 5, "e")], at=T0 + timedelta(seconds=13))
+    apply_pending(lake, warehouse, t)
+    write_load(lake, t, [{"id": 1, "name": "a-snap", "qty": 1}], counter=1, snapshot=10, part=1, parts=None)
+    first = apply_pending(lake, warehouse, t)
+    assert first.loads_completed == []
+    assert [r["id"] for r in current(warehouse, t)] == [1, 2, 3, 5]  # incomplete: nothing deleted
+    write_load(
+        lake,
+        t,
+        [{"id": 3, "name": "c-snap", "qty": 3}, {"id": 4, "name": "d", "qty": 4}],
+        counter=2,
+        snapshot=10,
+        part=2,
+        parts=2,
+    )
+    done = apply_pending(lake, warehouse, t)
+    assert done.loads_completed == [seq(10)]
+    assert current(warehouse, t) == [
+        {"id": 1, "name": "a12", "qty": 0},  # the newer change wins over the snapshot
+        {"id": 3, "name": "c-snap", "qty": 3},
+        {"id": 4, "name": "d", "qty": 4},
+        {"id": 5, "name": "e", "qty": 0},  # inserted after the snapshot: kept
+    ]
+    assert warehouse.query("SELECT count(*) AS n FROM cdc_state.loads").to_pylist() == [{"n": 1}]
+
+
+def test_generic_path_matches_duckdb_path(local_lake: LakeStorage, tmp_path: Path) -> None:
+    t = cdc_table()
+    write_cdc(local_lake, t, [I(1, 1, "a"), I(2, 2, "b"), U(3, 1, "a3")], at=T0 + timedelta(seconds=3))
+    write_cdc(local_lake, t, [D(4, 2), I(5, 3, "c")], at=T0 + timedelta(seconds=5))
+    results = []
+    for views in (True, False):
+        wh = DuckDBWarehouse(path=str(tmp_path / f"w{views}.duckdb"))
+        r = apply_pending(local_lake, wh, t, arrow_views=views)
+        results.append((r.files_applied, r.history_rows, current(wh, t), history(wh, t)))
+        assert not [
+            n
+            for n in wh.query(
+                "SELECT table_name FROM information_schema.tables WHERE table_name LIKE '_cdc_%'"
+            )
+            .column(0)
+            .to_pylist()
+        ]
+    assert results[0] == results[1] and results[0][0] == 2
+
+
+def test_listing_order_and_bounded_days(local_lake: LakeStorage) -> None:
+    t = cdc_table()
+    # Near today: a bounded listing reads day folders (month folders beyond 45 days).
+    day2 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    day1 = day2 - timedelta(days=3)
+    c2 = write_cdc(local_lake, t, [I(5, 2, "b")], at=day2)
+    c1 = write_cdc(local_lake, t, [I(1, 1, "a")], at=day1)
+    load = write_load(
+        local_lake,
+        t,
+        [{"id": 1, "name": "a", "qty": 0}],
+        counter=10,
+        snapshot=3,
+        part=1,
+        parts=1,
+        day=day2.date(),
+    )
+    odd = put_raw(local_lake, t, "notes.txt", b"x", day=day2.date())
+    files = list_change_files(local_lake, t)
+    assert [f.ref.key for f in files] == [c1, load, c2, odd]
+    assert files[-1].invalid and "notes.txt" in files[-1].invalid
+    assert [f.kind for f in files] == ["cdc", "load", "cdc", "invalid"]
+    recent = list_change_files(local_lake, t, since=day2.date() - timedelta(days=1))
+    assert [f.ref.key for f in recent] == [load, c2, odd]
+
+
+def test_table_stats_counts_recent_changes(local_lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
+    t = cdc_table()
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_cdc(
+        local_lake,
+        t,
+        [Change("I", 1, {"id": 1, "name": "a", "qty": 0}, now - timedelta(hours=5))],
+        at=now - timedelta(hours=5),
+    )
+    write_cdc(
+        local_lake,
+        t,
+        [
+            Change("I", 2, {"id": 2, "name": "b", "qty": 0}, now - timedelta(minutes=5)),
+            Change("U", 3, {"id": 2, "name": "c", "qty": 0}, now - timedelta(minutes=4)),
+        ],
+        at=now - timedelta(minutes=4),
+    )
+    apply_pending(local_lake, warehouse, t)
+    stats = table_stats(warehouse, t)
+    assert (stats["rows_last_hour"], stats["rows_last_day"]) == (2, 3)
+    assert stats["last_commit_ts"] == (now - timedelta(minutes=4)).replace(tzinfo=None)
