@@ -55,6 +55,11 @@ def landing_queue_name() -> str:
     return os.environ.get("PLATFORM_LANDING_QUEUE", "data-platform-landing-events")
 
 
+def cdc_mapping_dir() -> Path:
+    """The CDC table mapping directory (a benchmark or a second stack maps other tables)."""
+    return Path(os.environ.get("PLATFORM_CDC_MAPPING", PROJECT_ROOT / "platform" / "catalogs" / "cdc"))
+
+
 def cdc_queue_name() -> str:
     """SQS queue that receives S3 event notifications for CDC change files (landing/cdc/)."""
     return os.environ.get("PLATFORM_CDC_QUEUE", "data-platform-cdc-events")

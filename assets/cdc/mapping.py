@@ -213,7 +213,9 @@ class CdcMapping:
 
 def load_mapping(directory: Path | None = None) -> CdcMapping:
     """Every *.yaml of the mapping directory, validated together; CatalogError names file, table, field."""
-    directory = Path(directory or CATALOG_DIR)
+    from resources import settings
+
+    directory = Path(directory or settings.cdc_mapping_dir())
     paths = sorted(directory.glob("*.yaml"))
     files = [(p, load_yaml_model(p, MappingFile, item_lists=("tables", "clusters"))) for p in paths]
     clusters: dict[str, ClusterSpec] = {}

@@ -120,7 +120,7 @@ def _source_hashes(table: CdcTable, plans: list[Any]) -> tuple[pa.Table, str]:
     names = [*table.primary_key, "h"]
     columns: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
     data = pa.table(
-        {n: pa.array([str(v) for v in col], pa.string()) for n, col in zip(names[:-1], columns, strict=True)}
+        {n: pa.array([str(v) for v in col], pa.string()) for n, col in zip(names[:-1], columns[:-1], strict=True)}
     )
     data = data.append_column("h", pa.array(columns[-1], pa.int64()))
     return data, snapshot
