@@ -87,7 +87,10 @@ def run_capture(
         readers.append(ClusterCapture(mapping, name, lake, stop, deadline, progress))
     if not readers:
         return 0
-    threads = [threading.Thread(target=r.run_guarded, name=f"cdc-capture-{r.cluster.name}") for r in readers]
+    threads = [
+        threading.Thread(target=r.run_guarded, name=f"cdc-capture-{r.cluster.name}", daemon=True)
+        for r in readers
+    ]
     for t in threads:
         t.start()
     try:

@@ -35,6 +35,7 @@ def connect(cluster: ClusterSpec, **extra: Any) -> Any:
     import pymysql
 
     settings = connection_settings(cluster)
+    extra.setdefault("autocommit", True)
     try:
         return pymysql.connect(
             host=settings["host"],
@@ -42,7 +43,6 @@ def connect(cluster: ClusterSpec, **extra: Any) -> Any:
             user=settings["user"],
             password=settings["passwd"],
             charset="utf8mb4",
-            autocommit=True,
             **extra,
         )
     except pymysql.err.OperationalError as exc:

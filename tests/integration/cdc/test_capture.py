@@ -48,7 +48,8 @@ class CaptureThread:
         self.stop = threading.Event()
         self.result: list[Any] = []
         mapping = load_mapping(mapping_dir)
-        self.thread = threading.Thread(target=self._run, args=(mapping, lake))
+        # a daemon: a failing test must not leave the process waiting for it
+        self.thread = threading.Thread(target=self._run, args=(mapping, lake), daemon=True)
         self.thread.start()
 
     def _run(self, mapping: Any, lake: LakeStorage) -> None:
