@@ -17,7 +17,7 @@ one type whichever way it was read. Defaults per MySQL/MariaDB type:
     timestamp                     timestamp('us', 'UTC') (the zero timestamp -> null)
     year                          int16     (the zero year 0000 -> null)
     char/varchar/text/enum/set    string    (a set as its members in definition order, comma-joined)
-    json                          string: canonical JSON (sorted keys, compact separators)
+    json                          string: the source's JSON text (MariaDB: as stored; MySQL: as it prints it)
     binary/varbinary/blob         binary
 
 Timestamps: mysql-replication 1.0.x decodes TIMESTAMP with utcfromtimestamp
@@ -447,13 +447,31 @@ def set_to_text(members: list[str]) -> Callable[[Any], str]:
 
 
 def to_json_text(value: Any) -> str:
-    """Canonical JSON text: MariaDB's JSON arrives as text (str or bytes), MySQL's decoded (dict/list)."""
+    """JSON as the source prints it, so the lake holds what the source holds and row hashes agree.
+
+    MariaDB's JSON is LONGTEXT: its text is kept as stored (checked to be JSON). MySQL's binary
+    JSON arrives decoded (dict/list): it is printed as MySQL prints it, keys ordered by length
+    then bytes, with ', ' and ': ' separators.
+    """
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8")
     if isinstance(value, str):
-        value = json.loads(value)
-    value = _json_keys_to_str(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        json.loads(value)  # a value that is not JSON is refused, naming the column (by the caller)
+        return value
+    return _mysql_json(_json_keys_to_str(value))
+
+
+def _mysql_json(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_mysql_json(value[k])}" for k in keys)
+            + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_mysql_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _json_keys_to_str(value: Any) -> Any:

@@ -57,6 +57,16 @@ class CaptureError(RuntimeError):
 class _TableState:
     table: CdcTable
     buffer: TableBuffer
+    signature: tuple = ()  # the last TableMapEvent's column names and types
+
+
+def _signature(columns: list[Any]) -> tuple:
+    """Names and binlog types of a TableMapEvent's columns: a retyped column changes it too."""
+    return tuple(
+        (str(c.name).lower(), c.type, getattr(c, "precision", None), getattr(c, "decimals", None),
+         getattr(c, "unsigned", None), getattr(c, "max_length", None))
+        for c in columns
+    )  # fmt: skip
 
 
 def run_capture(
@@ -346,8 +356,13 @@ class ClusterCapture:
                 f"cluster {self.cluster.name!r}: {event.schema}.{event.table}: the binlog carries no column"
                 " names (binlog_row_metadata must be FULL when the change is written)"
             )
-        if names == state.buffer.names:
+        signature = _signature(list(event.columns))
+        if names == state.buffer.names and signature == state.signature:
             return
+        first_map = not state.signature
+        state.signature = signature
+        if names == state.buffer.names and first_map:
+            return  # the types read at start are the catalog's current ones
         buffer = state.buffer
         if len(buffer) > buffer.committed:
             raise CaptureError(  # a table's columns cannot change inside a transaction (DDL commits)
