@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from resources.warehouse.sql import merge_sql, quote_identifier, quote_table, ta
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
+
+
+_CONNECT_LOCK = threading.Lock()
 
 
 class DuckDBWarehouse(Warehouse):
@@ -47,11 +51,17 @@ class DuckDBWarehouse(Warehouse):
         delay = 0.05
         while True:
             try:
-                con = duckdb.connect(str(path))
+                # Threads of one process (a code server evaluating sensors) share DuckDB's database
+                # instance; two first connects racing for it fail with "Unique file handle conflict".
+                with _CONNECT_LOCK:
+                    con = duckdb.connect(str(path))
                 break
-            except duckdb.IOException as exc:
+            except (duckdb.IOException, duckdb.Error) as exc:
                 # Another process holds the write lock; it lets go when its operation ends.
-                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                text = str(exc).lower()
+                if (
+                    "lock" not in text and "file handle conflict" not in text
+                ) or time.monotonic() >= deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
