@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,8 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1600,1000",
+    # SCREENSHOT_WINDOW=2400,1400 for a graph that needs more room
+    f"--window-size={os.environ.get('SCREENSHOT_WINDOW', '1600,1000')}",
 ]
 DISMISS = "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Skip')?.click()"
 

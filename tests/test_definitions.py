@@ -58,8 +58,9 @@ def test_sensors_and_resources_are_wired():
     defs = _defs()
     repo = defs.get_repository_def()
     sensors = {s.name: s for s in repo.sensor_defs}
-    assert {"lake_ops_landing_listing", "lake_ops_landing_events", "platform_automation"} <= set(sensors)
-    assert sensors["platform_automation"].default_status == dg.DefaultSensorStatus.RUNNING
+    automation = {"lake_ops_automation", "migration_automation", "cdc_automation"}
+    assert {"lake_ops_landing_listing", "lake_ops_landing_events", *automation} <= set(sensors)
+    assert all(sensors[name].default_status == dg.DefaultSensorStatus.RUNNING for name in automation)
     assert {"lake", "warehouse", "aws", "cache"} <= set(defs.resources or {})
 
 
