@@ -24,11 +24,12 @@ its full load before its CDC files.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -53,7 +54,7 @@ from assets.cdc.dms import (
 )
 from assets.cdc.state import literal
 from resources.lake.paths import DmsKey, LakePathError, dms_prefix, parse_dms_key
-from resources.ledger import APPLIED, FileLedger, FileRef
+from resources.ledger import APPLIED, CLAIMS, FileLedger, FileRef
 from resources.warehouse.sql import check_identifier, quote_identifier, quote_table
 
 if TYPE_CHECKING:
@@ -104,9 +105,13 @@ def list_change_files(
     Without `since` every day folder is listed (for reconciliation); with it only the folders from
     that day to tomorrow (UTC), plus `extra_days`, so a listing's cost does not grow with history.
     """
+    return _list_prefixes(lake, table, _listing_prefixes(since, extra_days))
+
+
+def _list_prefixes(lake: LakeStorage, table: CdcTable, subs: list[str]) -> list[ChangeFile]:
     prefix = dms_prefix(table.cluster.name, table.database, table.table)
     objects: dict[str, LakeObject] = {}
-    for sub in _listing_prefixes(since, extra_days):
+    for sub in subs:
         for obj in lake.list_objects(prefix + sub):
             objects[obj.key] = obj
     files = [_change_file(lake, obj) for obj in objects.values()]
@@ -204,7 +209,8 @@ def _read_file(lake: LakeStorage, f: ChangeFile, primary_key: list[str]) -> _Par
 
     assert f.name is not None
     try:
-        raw = pq.read_table(io.BytesIO(lake.get_bytes(f.ref.key)))
+        # ParquetFile, not read_table: the dataset layer costs per file and imports pandas.
+        raw = pq.ParquetFile(pa.BufferReader(lake.get_bytes(f.ref.key))).read()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _Rejected("corrupt", f"not a readable Parquet file: {exc}") from None
     meta = raw.schema.metadata or {}
@@ -441,13 +447,40 @@ def _table_types(db: Any, table: CdcTable) -> dict[str, pa.DataType] | None:
     }
 
 
+# Tables known to exist, per open session: DuckDB answers an information_schema query in
+# milliseconds, and an apply asks about the same few tables several times.
+_CATALOG: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
 def _exists(db: Any, name: str) -> bool:
+    if getattr(db, "dialect", None) == "duckdb" and hasattr(db, "con"):
+        try:
+            known = _CATALOG.get(db)
+        except TypeError:  # not weakly referenceable
+            known = None
+        if known is None:
+            known = {
+                f"{r['s']}.{r['t']}"
+                for r in state.rows(
+                    db, "SELECT schema_name AS s, table_name AS t FROM duckdb_tables() WHERE NOT temporary"
+                )
+            }
+            with contextlib.suppress(TypeError):
+                _CATALOG[db] = known
+        return name in known
     schema, table = name.split(".")
     found = db.query(
         "SELECT count(*) AS n FROM information_schema.tables"
         f" WHERE table_schema = {literal(schema)} AND table_name = {literal(table)}"
     )
     return bool(found.column("n")[0].as_py())
+
+
+def _created(db: Any, name: str) -> None:
+    """Tell _exists's cache that this session created the table."""
+    with contextlib.suppress(TypeError):
+        if (known := _CATALOG.get(db)) is not None:
+            known.add(name)
 
 
 def _same_types(a: dict[str, pa.DataType] | None, b: dict[str, pa.DataType] | None) -> bool:
@@ -482,31 +515,42 @@ def apply_pending(
     `files` skips the listing (a sensor that already listed); `full_listing` lists every day folder
     (reconciliation). `arrow_views` forces (True) or disables (False) the DuckDB fast path of
     registering Arrow tables on the connection; by default it is used whenever the engine is DuckDB.
+
+    Two warehouse connections a call (each DuckDB connection takes the file's lock anew and costs
+    tens of milliseconds): one for the reads that decide what to read from the lake, one for the
+    apply's transaction, opened only once the files are read and validated.
     """
     started = time.monotonic()
     result = ApplyResult(table.target)
     state.ensure_state(warehouse)
     target = table.target
-    # Reads share one connection (each DuckDB connection takes the file's lock anew).
+    subs: list[str] | None = None
     with warehouse.transaction() as db:
         block = state.active_block(db, target)
-        if block is None and files is None:
-            last = None if full_listing else state.last_applied_key(db, target)
-            released = state.released_keys(db, target) if last else []
+        if block is None:
+            if files is None:
+                last = None if full_listing else state.last_applied_key(db, target)
+                released = state.released_keys(db, target) if last else []
+                subs = _listing_prefixes(*_listing_window(last, released))
+                # What is applied in the folders the listing covers (keys sort by day folder).
+                prefix = dms_prefix(table.cluster.name, table.database, table.table)
+                applied = _applied_from(db, target, prefix + min(subs))
+                held = state.held_identities(db, target, None)
+            else:
+                ids = [f.ref.identity for f in files]
+                applied = _applied_in(db, target, ids)
+                held = state.held_identities(db, target, ids)
+            existing = _table_types(db, table)
+            dropped = state.dropped_columns(db, target)
     if block is not None:
         result.blocked = block["reason"]
         return _done(result, started)
     if files is None:
-        files = _list_for_apply(lake, table, last, released)
+        assert subs is not None
+        files = _list_prefixes(lake, table, subs)
     files = sorted(files, key=lambda f: f.order)
     ids = [f.ref.identity for f in files]
-    with warehouse.transaction() as db:
-        applied = _applied_in(db, target, ids)
-        held = state.held_identities(db, target, ids)
-        todo = [f for f in files if f.ref.identity not in applied and f.ref.identity not in held]
-        if todo:
-            existing = _table_types(db, table)
-            dropped = state.dropped_columns(db, target)
+    todo = [f for f in files if f.ref.identity not in applied and f.ref.identity not in held]
     result.files_skipped = sum(1 for i in ids if i in applied)
     result.files_held = sum(1 for i in ids if i in held and i not in applied)
     if not todo:
@@ -539,13 +583,10 @@ def apply_pending(
             rejected = [r for r in rejected if r[0].ref.identity not in gone]
             result.files_skipped += len(gone)
         now_types = _table_types(session, table)
-        if (
-            gone
-            or not _same_types(now_types, existing)
-            or state.dropped_columns(session, table.target) != dropped
-        ):
+        now_dropped = state.dropped_columns(session, table.target)
+        if gone or not _same_types(now_types, existing) or now_dropped != dropped:
             existing = now_types
-            plan = _plan(parsed, existing, table, state.dropped_columns(session, table.target))
+            plan = _plan(parsed, existing, table, now_dropped)
         _quarantine(session, table, rejected + plan.quarantined, run_id, now, result)
         if plan.tables:
             _apply_plan(lake, ledger, session, table, plan, existing, run_id, now, result, arrow_views)
@@ -560,12 +601,10 @@ def _done(result: ApplyResult, started: float) -> ApplyResult:
     return result
 
 
-def _list_for_apply(
-    lake: LakeStorage, table: CdcTable, last: str | None, released: list[str]
-) -> list[ChangeFile]:
+def _listing_window(last: str | None, released: list[str]) -> tuple[date | None, list[date]]:
     """The listing an apply needs: from the day before the last applied file's, plus released files' days."""
     if last is None:
-        return list_change_files(lake, table)
+        return None, []
     since = parse_dms_key(last).day - timedelta(days=1)  # a file may land just after midnight in the old day
     extra = []
     for key in released:
@@ -573,7 +612,21 @@ def _list_for_apply(
             extra.append(parse_dms_key(key).day)
         except LakePathError:
             continue  # a bad name stays quarantined: releasing it cannot make it a DMS file
-    return list_change_files(lake, table, since=since, extra_days=extra)
+    return since, extra
+
+
+def _applied_from(session: Any, target: str, lowest_key: str) -> set[str]:
+    """Identities of the target's applied files whose keys sort at or after lowest_key."""
+    if not _exists(session, APPLIED):
+        return set()
+    return {
+        r["identity"]
+        for r in state.rows(
+            session,
+            f"SELECT identity FROM {APPLIED} WHERE target = {literal(target)}"
+            f" AND object_key >= {literal(lowest_key)}",
+        )
+    }
 
 
 def _applied_in(session: Any, target: str, identities: list[str]) -> set[str]:
@@ -678,6 +731,7 @@ def _ensure_tables(
     for name, schema in targets:
         if not _exists(session, name):
             session.load(name, schema.empty_table(), "append")  # creates the table from the schema
+            _created(session, name)
             continue
         have = set(session.query(f"SELECT * FROM {quote_table(name)} LIMIT 0").schema.names)
         for column in plan.types:
@@ -809,6 +863,8 @@ def _apply_plan(
         batch_min = pc.min(changes.column("_change_seq")).as_py()
         late = applied_max is not None and batch_min <= applied_max
         staged = _Staged(session, use_views)
+        if not (table.history and use_views):  # the history is appended from the staged table
+            changes = changes.drop_columns(["_file_id", "_row_index"])
         try:
             source = staged.put("changes", changes)
             replay_sql = None
@@ -841,8 +897,26 @@ def _record(
     run_id: str | None,
     rows: dict[str, int],
 ) -> None:
-    """The ledger rows, in the apply's transaction (a crash leaves both or neither)."""
-    ledger.record(target, refs, run_id=run_id, rows=rows, session=session)
+    """The ledger rows, in the apply's transaction (a crash leaves both or neither).
+
+    The rows are written here rather than by FileLedger.record, which asks the warehouse again,
+    per file, whether each is recorded: this transaction has already found every one of these
+    files unapplied (and on DuckDB the ledger's key refuses a second row for a file).
+    """
+    if not refs:
+        return
+    if not _exists(session, APPLIED):
+        ledger._create(session)
+        _created(session, APPLIED)
+    fresh = sorted(set(refs))
+    session.load(APPLIED, FileLedger._applied_rows(target, fresh, run_id, None, rows), "append")
+    if _exists(session, CLAIMS):
+        ids = [r.identity for r in fresh]
+        for start in range(0, len(ids), 500):
+            session.execute(
+                f"DELETE FROM {CLAIMS} WHERE target = {literal(target)}"
+                f" AND identity IN ({state.in_list(ids[start : start + 500])})"
+            )
 
 
 _FILES_SCHEMA = pa.schema(

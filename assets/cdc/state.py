@@ -79,15 +79,17 @@ _READY: set[str] = set()
 
 
 def ensure_state(warehouse: Warehouse) -> None:
-    """create_state in a transaction of its own, once per warehouse and process."""
+    """create_state (and the ledger's tables) in a transaction of its own, once per warehouse and process."""
     key = f"{type(warehouse).__name__}:{getattr(warehouse, 'path', None) or id(warehouse)}"
     if key in _READY:
         return
-    from resources.ledger import _retry_conflicts  # two writers may race to create the schema
+    # Two writers may race to create the schema.
+    from resources.ledger import FileLedger, _retry_conflicts
 
     def create() -> None:
         with warehouse.transaction() as db:
             create_state(db)
+            FileLedger(warehouse)._create(db)  # the apply writes the ledger's rows in its transaction
 
     _retry_conflicts(create)
     _READY.add(key)
@@ -108,8 +110,17 @@ def active_block(db: Any, target: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def held_identities(db: Any, target: str, identities: list[str]) -> set[str]:
-    """Identities with a quarantine entry not released."""
+def held_identities(db: Any, target: str, identities: list[str] | None) -> set[str]:
+    """Identities with a quarantine entry not released (of those given; None: all of the target's)."""
+    if identities is None:
+        return {
+            r["identity"]
+            for r in rows(
+                db,
+                f"SELECT DISTINCT identity FROM {QUARANTINE} WHERE target = {literal(target)}"
+                " AND released_at IS NULL",
+            )
+        }
     held: set[str] = set()
     for start in range(0, len(identities), 500):
         chunk = identities[start : start + 500]
