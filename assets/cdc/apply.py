@@ -326,7 +326,11 @@ class _Plan:
 
 
 def _plan(
-    parsed: Sequence[_Parsed], existing: dict[str, pa.DataType] | None, table: CdcTable, dropped: set[str]
+    parsed: Sequence[_Parsed],
+    existing: dict[str, pa.DataType] | None,
+    table: CdcTable,
+    dropped: set[str],
+    newest_applied: str | None = None,
 ) -> _Plan:
     types = dict(existing or {})
     plan = _Plan(types)
@@ -335,8 +339,12 @@ def _plan(
     for p in parsed:
         file_types = {name: p.data.schema.field(name).type for name in p.data.column_names}
         changes: list[dict[str, str]] = []
+        # A late file (released from quarantine, say) wholly older than what is applied may lack
+        # columns added since it was written: they are null in it, not dropped at the source.
+        # (By key: day folders and DMS names sort in write order, whichever tool wrote the file.)
+        late = newest_applied is not None and p.file.ref.key < newest_applied
         for name, old in types.items():
-            if name not in file_types and name not in dropped:
+            if name not in file_types and name not in dropped and not late:
                 changes.append({"column": name, "change": "dropped", "old": str(old), "new": "absent"})
         targets: dict[str, pa.DataType] = {}
         widen: dict[str, pa.DataType] = {}
@@ -345,6 +353,12 @@ def _plan(
                 targets[name] = spec_type(overrides[name], new) if name in overrides else storage_type(new)
                 continue
             how = plan_cast(new, types[name])
+            if name in overrides and how != "retype":
+                # The mapping asks for a wider type than the tables have (an operator's fix for
+                # values that did not fit): widen the tables to it.
+                wanted = spec_type(overrides[name], new)
+                if plan_cast(wanted, types[name]) == "widen":
+                    widen[name] = wanted
             if how == "retype":
                 changes.append({"column": name, "change": "retype", "old": str(types[name]), "new": str(new)})
             elif how == "widen":
@@ -527,6 +541,7 @@ def apply_pending(
     subs: list[str] | None = None
     with warehouse.transaction() as db:
         block = state.active_block(db, target)
+        newest: str | None = None
         if block is None:
             if files is None:
                 last = None if full_listing else state.last_applied_key(db, target)
@@ -542,6 +557,7 @@ def apply_pending(
                 held = state.held_identities(db, target, ids)
             existing = _table_types(db, table)
             dropped = state.dropped_columns(db, target)
+            newest = state.last_applied_key(db, target)
     if block is not None:
         result.blocked = block["reason"]
         return _done(result, started)
@@ -568,7 +584,7 @@ def apply_pending(
             parsed.append(_read_file(lake, f, table.primary_key))
         except _Rejected as exc:
             rejected.append((f, exc.cause, exc.reason))
-    plan = _plan(parsed, existing, table, dropped)
+    plan = _plan(parsed, existing, table, dropped, newest)
 
     now = datetime.now(UTC)
     with warehouse.transaction() as session:
@@ -586,7 +602,7 @@ def apply_pending(
         now_dropped = state.dropped_columns(session, table.target)
         if gone or not _same_types(now_types, existing) or now_dropped != dropped:
             existing = now_types
-            plan = _plan(parsed, existing, table, now_dropped)
+            plan = _plan(parsed, existing, table, now_dropped, newest)
         _quarantine(session, table, rejected + plan.quarantined, run_id, now, result)
         if plan.tables:
             _apply_plan(lake, ledger, session, table, plan, existing, run_id, now, result, arrow_views)

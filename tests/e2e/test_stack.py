@@ -1,5 +1,6 @@
-"""The whole flow: `dp up` starts moto, Dagster (UI + daemon) and the demo feed; the landing
-sensor turns demo files into materializations; `dp down` stops every process it started."""
+"""The whole flow: `dp up` starts moto, Dagster (UI + daemon), the demo feed and the CDC capture;
+the landing sensor turns demo files into materializations, the CDC sensors turn source changes into
+current-state tables; `dp down` stops every process it started."""
 
 import json
 import os
@@ -65,6 +66,39 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.fixture
+def cdc_source(tmp_path):
+    """A MariaDB database with one table, and a CDC mapping of it (a replica id of its own)."""
+    import pymysql
+    import yaml
+
+    database = f"e2e_cdc_{uuid.uuid4().hex[:10]}"
+    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{database}`")
+        cur.execute(f"CREATE TABLE `{database}`.items (id INT PRIMARY KEY, name VARCHAR(20), paid BIT(1))")
+    mapping = tmp_path / "cdc-mapping"
+    mapping.mkdir()
+    (mapping / "e2e.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"flush_seconds": 1},
+                "clusters": [
+                    {"name": "main", "local_url": "mysql+pymysql://root@127.0.0.1:3306",
+                     "server_id": 50_000 + uuid.uuid4().int % 10_000}
+                ],
+                "tables": [{"cluster": "main", "database": database, "table": "items", "primary_key": ["id"]}],
+            }
+        )
+    )  # fmt: skip
+    try:
+        yield database, mapping
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.close()
+
+
+@pytest.fixture
 def instance_db(monkeypatch):
     """A database of its own for the stack's Dagster instance, dropped afterwards."""
     name = f"dagster_e2e_{uuid.uuid4().hex[:12]}"
@@ -73,11 +107,17 @@ def instance_db(monkeypatch):
     drop_dagster_db(name)
 
 
-def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, monkeypatch):
+def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source, monkeypatch):
     var = tmp_path / "var"
     ui_port, moto_port = free_port(), free_port()
+    database, mapping = cdc_source
     # The sample source databases live on the machine's servers, not under var: leave them alone.
-    env = {**os.environ, "PLATFORM_VAR_DIR": str(var), "PLATFORM_DEMO_SOURCES": "0"}
+    env = {
+        **os.environ,
+        "PLATFORM_VAR_DIR": str(var),
+        "PLATFORM_DEMO_SOURCES": "0",
+        "PLATFORM_CDC_MAPPING": str(mapping),
+    }
     assert env["DAGSTER_PG_DB"] == instance_db
     args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3"]
     log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
@@ -111,11 +151,44 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, monkeypatch
         run = instance.get_run_by_id(event.run_id)
         assert run.tags.get("dagster/sensor_name") == "lake_ops_landing_listing"
 
+        # Changes at the CDC source reach the current-state table through the capture, the CDC
+        # sensors and a daemon-launched run.
+        import pymysql
+
+        with pymysql.connect(host="127.0.0.1", user="root", database=database, autocommit=True) as con:
+            cur = con.cursor()
+            cur.executemany(
+                "INSERT INTO items VALUES (%s, %s, %s)", [(i, f"item {i}", i % 2) for i in range(50)]
+            )
+            cur.execute("UPDATE items SET name = 'renamed', paid = 1 WHERE id < 10")
+            cur.execute("DELETE FROM items WHERE id >= 45")
+        current = dg.AssetKey(["cdc", "main", "items", "current"])
+
+        def loaded():
+            event = instance.get_latest_materialization_event(current)
+            if event is None:
+                return None
+            from resources.warehouse import DuckDBWarehouse
+
+            rows = (
+                DuckDBWarehouse(path=str(var / "warehouse.duckdb"), lock_timeout=120)
+                .query(
+                    "SELECT count(*) AS n, count(*) FILTER (WHERE name = 'renamed' AND paid) AS renamed"
+                    " FROM cdc_main.items"
+                )
+                .to_pylist()[0]
+            )
+            return (event, rows) if rows == {"n": 45, "renamed": 10} else None
+
+        cdc_event, _ = _wait(loaded, 240, "the CDC changes in the current-state table", proc)
+        cdc_run = instance.get_run_by_id(cdc_event.run_id)
+        assert cdc_run.tags.get("dagster/sensor_name") in {"cdc_change_listing", "cdc_change_events"}
+
         again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "already running" in again.stdout
 
         started = _children(proc.pid)
-        assert len(started) >= 3  # moto, dagster dev (and its webserver, daemon, code server), demo feed
+        assert len(started) >= 4  # moto, dagster dev (webserver, daemon, code server), demo feed, capture
     finally:
         down = subprocess.run(
             [str(DP), "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
