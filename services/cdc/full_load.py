@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from assets.cdc import dms
-from assets.cdc.mapping import CATALOG_DIR, CdcMapping, CdcTable, load_mapping
+from assets.cdc.mapping import CdcMapping, CdcTable, load_mapping
 from assets.cdc.types import ColumnConversion
 from resources.lake.paths import dms_object_key, dms_prefix
 from resources.lake.storage import LakeStorage
@@ -184,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "target", metavar="TARGET", help="the table: 'cluster.name', or a bare name mapped once"
     )
-    parser.add_argument("--mapping", type=Path, default=CATALOG_DIR, help="the mapping directory")
+    parser.add_argument(
+        "--mapping",
+        type=Path,
+        default=None,
+        help="mapping directory (default: $PLATFORM_CDC_MAPPING)",
+    )
     parser.add_argument("--rows-per-file", type=int, default=500_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
