@@ -25,6 +25,16 @@ Timestamps: mysql-replication 1.0.x decodes TIMESTAMP with utcfromtimestamp
 a naive TIMESTAMP value is UTC here, whatever the process's TZ. An aware
 value (other library versions) is converted to UTC.
 
+Bulk conversion (ColumnConversion.to_array, used by the capture for a whole
+buffered column): where every value already has the Python type the converter
+would return unchanged (an int for an integer column, a Decimal for a decimal,
+a naive datetime for a datetime...), the list goes to pyarrow as it is, which
+checks ranges, precision and scale itself; any other value, or a value pyarrow
+refuses, sends the whole column through the per-value converter (same values,
+same errors). Bit(1)/tinyint(1) booleans map '0'/'1'/0/1 through a table; JSON
+text is checked with orjson when installed (json.loads decides what orjson
+refuses).
+
 A mapping's ColumnSpec (`type: boolean|integer|...`) overrides the default.
 Unsupported types (spatial, vector...) raise UnsupportedColumnType naming
 cluster.database.table.column and the type.
@@ -41,6 +51,11 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+try:  # JSON validation in bulk: several times faster than json.loads; json.loads decides what it refuses
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from assets.cdc.mapping import ColumnSpec
@@ -106,9 +121,20 @@ class ColumnConversion:
     name: str
     arrow_type: pa.DataType
     convert: Callable[[Any], Any]  # a source value (never None) -> a value pa.array accepts for arrow_type
+    # a whole column of source values (None allowed) -> its array, or None where only `convert` can say
+    fast: Callable[[list[Any]], pa.Array | None] | None = None
 
     def array(self, values: Sequence[Any]) -> pa.Array:
         return pa.array(values, type=self.arrow_type)
+
+    def to_array(self, values: list[Any]) -> pa.Array:
+        """A column of source values (None: null) converted: in bulk where it can be, else one by one."""
+        if self.fast is not None:
+            arr = self.fast(values)
+            if arr is not None:
+                return arr
+        convert = self.convert
+        return self.array([convert(v) for v in values])
 
 
 def conversion(
@@ -121,7 +147,7 @@ def conversion(
         arrow_type, fn = _override(column, override, place)
     else:
         arrow_type, fn = _default(column, data_type, place)
-    return ColumnConversion(column.name, arrow_type, _null_safe(fn, place, arrow_type))
+    return ColumnConversion(column.name, arrow_type, _null_safe(fn, place, arrow_type), _bulk(fn, arrow_type))
 
 
 def conversions(
@@ -154,6 +180,84 @@ def _null_safe(fn: Callable[[Any], Any], place: str, arrow_type: pa.DataType) ->
             ) from None
 
     return convert
+
+
+# --- bulk conversion ------------------------------------------------------------------
+_NONE_TYPE = type(None)
+_PYARROW_REFUSED = (pa.ArrowException, ValueError, TypeError, OverflowError, ArithmeticError)
+
+
+def _bulk(fn: Callable[[Any], Any], arrow_type: pa.DataType) -> Callable[[list[Any]], pa.Array | None] | None:
+    """The bulk path of a converter, where one gives the same values as the converter does."""
+    if fn is to_bool:
+        return _bulk_bool
+    if fn is to_json_text:
+        return _bulk_json
+    if fn is to_utc_timestamp:  # a naive datetime is UTC, as pyarrow takes it; the naive epoch is null
+        return _as_is(arrow_type, frozenset({datetime}), (_EPOCH,))
+    if fn is to_year:
+        return _as_is(arrow_type, frozenset({int}), (0, 1900))
+    if isinstance(fn, _DecimalValue):  # pyarrow refuses a value that needs rounding or is too wide
+        return _as_is(arrow_type, frozenset({Decimal}))
+    if fn is to_int and not pa.types.is_integer(arrow_type):
+        return None
+    kinds = _UNCHANGED.get(fn)
+    return None if kinds is None else _as_is(arrow_type, kinds)
+
+
+def _as_is(
+    arrow_type: pa.DataType, kinds: frozenset[type], special: tuple[Any, ...] = ()
+) -> Callable[[list[Any]], pa.Array | None]:
+    """Values whose exact types are all in `kinds` (none equal to a `special` one) go to pyarrow as is."""
+    allowed = kinds | {_NONE_TYPE}
+
+    def bulk(values: list[Any]) -> pa.Array | None:
+        if not set(map(type, values)) <= allowed:
+            return None
+        for value in special:
+            if value in values:
+                return None
+        try:
+            return pa.array(values, type=arrow_type)
+        except _PYARROW_REFUSED:
+            return None  # the converter says why (or converts what pyarrow would not)
+
+    return bulk
+
+
+_BOOL_VALUES: dict[Any, bool | None] = {"0": False, "1": True, 0: False, 1: True, None: None}  # True == 1
+_BOOL_KINDS = frozenset({str, int, bool, _NONE_TYPE})
+
+
+def _bulk_bool(values: list[Any]) -> pa.Array | None:
+    if not set(map(type, values)) <= _BOOL_KINDS:
+        return None
+    try:
+        return pa.array(list(map(_BOOL_VALUES.__getitem__, values)), type=pa.bool_())
+    except KeyError:
+        return None
+
+
+_TEXT_KINDS = frozenset({str, _NONE_TYPE})
+
+
+def _bulk_json(values: list[Any]) -> pa.Array | None:
+    if not set(map(type, values)) <= _TEXT_KINDS:
+        return None
+    for value in values:
+        if value is None:
+            continue
+        if orjson is not None:
+            try:
+                orjson.loads(value)
+                continue
+            except Exception:  # not JSON for orjson (NaN, a huge number...): json.loads decides
+                pass
+        try:
+            json.loads(value)
+        except Exception:
+            return None  # the converter names the column and the value
+    return pa.array(values, type=pa.string())
 
 
 # --- defaults ---------------------------------------------------------------------
@@ -309,20 +413,26 @@ def to_int(value: Any) -> int:
     raise TypeError(f"{type(value).__name__} is not an integer value")
 
 
-def decimal_value(precision: int, scale: int) -> Callable[[Any], Decimal]:
-    quantum = Decimal(1).scaleb(-scale)
-    limit = Decimal(10).scaleb(precision - scale - 1)
+class _DecimalValue:
+    """A decimal(p,s) value, exact: refused when it needs rounding or does not fit."""
 
-    def convert(value: Any) -> Decimal:
+    def __init__(self, precision: int, scale: int) -> None:
+        self.precision, self.scale = precision, scale
+        self.quantum = Decimal(1).scaleb(-scale)
+        self.limit = Decimal(10).scaleb(precision - scale - 1)
+
+    def __call__(self, value: Any) -> Decimal:
         d = value if isinstance(value, Decimal) else Decimal(str(value))
-        q = d.quantize(quantum, context=_EXACT)
+        q = d.quantize(self.quantum, context=_EXACT)
         if q != d:
-            raise ValueError(f"has more than {scale} decimal places")
-        if abs(q) >= limit:
-            raise ValueError(f"does not fit decimal({precision},{scale})")
+            raise ValueError(f"has more than {self.scale} decimal places")
+        if abs(q) >= self.limit:
+            raise ValueError(f"does not fit decimal({self.precision},{self.scale})")
         return q
 
-    return convert
+
+def decimal_value(precision: int, scale: int) -> Callable[[Any], Decimal]:
+    return _DecimalValue(precision, scale)
 
 
 def decimal_text(scale: int) -> Callable[[Any], str]:
@@ -492,6 +602,19 @@ def to_bytes(value: Any) -> bytes:
         # mysql-replication decodes a binary column with a character set as text
         return value.encode("utf-8")
     raise TypeError(f"{type(value).__name__} is not binary")
+
+
+# Converters that return a value of these exact types unchanged (bulk: pyarrow takes the list as it is).
+_UNCHANGED: dict[Callable[[Any], Any], frozenset[type]] = {
+    to_int: frozenset({int}),  # integer Arrow types only (see _bulk)
+    float: frozenset({float}),
+    to_text: frozenset({str}),
+    to_canonical_text: frozenset({str}),
+    to_bytes: frozenset({bytes}),
+    to_date: frozenset({date}),  # not a datetime (a date subclass): the converter takes its date
+    to_duration: frozenset({timedelta}),
+    to_naive_datetime: frozenset({datetime}),  # pyarrow takes an aware one to UTC, as the converter does
+}
 
 
 # --- reading the catalog ------------------------------------------------------------

@@ -25,32 +25,90 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from assets.cdc import dms
-from assets.cdc.mapping import CATALOG_DIR, CdcMapping, CdcTable, load_mapping
+from assets.cdc.mapping import CdcMapping, CdcTable, load_mapping
 from resources.lake.paths import dms_object_key
 from resources.lake.storage import LakeStorage
 from services.cdc.checkpoint import Checkpoint, checkpoint_key, load_checkpoint, save_checkpoint
 from services.cdc.source import CdcSourceError, connect, connection_settings, table_conversions
-from services.cdc.writer import FileNamer, TableBuffer, encode_parquet, first_commit_day
+from services.cdc.writer import ChangeBatch, FileNamer, TableBuffer, encode_parquet
 
 log = logging.getLogger("services.cdc.capture")
 
 HEARTBEAT_SECONDS = 0.5  # the server's heartbeat while idle: how often an idle reader looks at its timers
 IDLE_CHECKPOINT_SECONDS = 10.0  # advance the checkpoint past unmapped traffic at most this often
 PROGRESS_SECONDS = 5.0
+WRITE_QUEUE = 1  # flushes waiting for the writer thread beyond the one it writes: then the reader waits
+_AFTER = itemgetter("after_values")
+_VALUES = itemgetter("values")
 
 
 class CaptureError(RuntimeError):
     pass
+
+
+@dataclass
+class _Flush:
+    """What one flush writes (a file per table), then the checkpoint it allows."""
+
+    files: list[tuple[CdcTable, ChangeBatch]]
+    boundary: tuple[str, int]
+    gtid: str | None
+    reason: str
+
+
+class _FileWriter:
+    """The thread that converts, encodes and stores a cluster's flushes, in order, while the reader reads.
+
+    Each flush's files are all stored before its checkpoint is saved; a failure stops the writing (no later
+    file or checkpoint) and is raised to the reader at its next flush or event.
+    """
+
+    def __init__(self, capture: ClusterCapture) -> None:
+        self.capture = capture
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[_Flush | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._thread = threading.Thread(
+            target=self._run, name=f"cdc-writer-{capture.cluster.name}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, flush: _Flush) -> None:
+        self.check()
+        self._queue.put(flush)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Write what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            flush = self._queue.get()
+            if flush is None:
+                return
+            if self.error is not None:
+                continue  # after a failure nothing more is written, no checkpoint saved
+            try:
+                self.capture._write(flush)
+            except BaseException as exc:
+                log.error("cdc capture %s: writing failed: %s", self.capture.cluster.name, exc)
+                self.error = exc
 
 
 @dataclass
@@ -151,6 +209,9 @@ class ClusterCapture:
         self.saved_at = 0.0
         self.in_txn = False
         self.gtid: str | None = None
+        self.writer: _FileWriter | None = None
+        self._seq_file = ""
+        self._seq_number = 0
 
     # --- lifecycle ----------------------------------------------------------------------
     def run_guarded(self) -> None:
@@ -232,8 +293,10 @@ class ClusterCapture:
                 len(self.tables),
             )
             last_progress = time.monotonic()
+            writer = self.writer = _FileWriter(self)
             try:
                 while not self._should_stop():
+                    writer.check()
                     event = stream.fetchone()
                     if event is None:  # the server ended the stream (it only does when not blocking)
                         break
@@ -259,12 +322,14 @@ class ClusterCapture:
                     if self.progress and time.monotonic() - last_progress >= PROGRESS_SECONDS:
                         last_progress = time.monotonic()
                         self._report_progress(stream.log_file, stream.log_pos)
+                # Stopping: the open transaction is read again after a restart; the rest is written.
+                for state in self.states.values():
+                    state.buffer.rollback()
+                self._flush("stop")
             finally:
                 stream.close()
-            # Stopping: the open transaction is read again after a restart; the rest is written.
-            for state in self.states.values():
-                state.buffer.rollback()
-            self._flush("stop")
+                writer.close()  # what is queued is written (whole flushes, each then its checkpoint)
+            writer.check()
             return self.written
         finally:
             self.ctl.close()
@@ -398,17 +463,17 @@ class ClusterCapture:
                 event.table,
             )
             return
-        number = dms.binlog_number(log_file)
-        end_pos = event.packet.log_pos
+        if log_file != self._seq_file:
+            self._seq_file, self._seq_number = log_file, dms.binlog_number(log_file)
         rows = event.rows
+        # AR_H_CHANGE_SEQ of row i: the binlog file number and the event's end position, then i
+        prefix = dms.change_seq(self._seq_number, event.packet.log_pos, 0)[: -dms.SEQ_DIGITS[2]]
         size = max(1, event.event_size // max(1, len(rows)))
         if isinstance(event, UpdateRowsEvent):
-            for i, row in enumerate(rows):
-                state.buffer.add("U", dms.change_seq(number, end_pos, i), row["after_values"], size)
+            state.buffer.add_rows("U", prefix, list(map(_AFTER, rows)), size)
         else:
             op = "D" if isinstance(event, DeleteRowsEvent) else "I"
-            for i, row in enumerate(rows):
-                state.buffer.add(op, dms.change_seq(number, end_pos, i), row["values"], size)
+            state.buffer.add_rows(op, prefix, list(map(_VALUES, rows)), size)
 
     def _commit(self, log_file: str, log_pos: int, timestamp: int) -> None:
         at = datetime.fromtimestamp(timestamp, UTC)
@@ -444,43 +509,47 @@ class ClusterCapture:
             self._save()  # only unmapped traffic since the last save: don't re-read it after a restart
 
     def _flush(self, reason: str) -> None:
-        """Write every table's committed rows, then save the checkpoint at the last boundary."""
-        files = changes = 0
-        for state in self.states.values():
-            if not state.buffer.committed:
-                continue
-            t = state.table
-            table = state.buffer.take_committed()
+        """Hand every table's committed rows to the writer: it stores them, then the checkpoint."""
+        files = [
+            (state.table, state.buffer.take()) for state in self.states.values() if state.buffer.committed
+        ]
+        if not files and self.boundary == self.saved:
+            return
+        self._submit(_Flush(files, self.boundary, self.boundary_gtid, reason))
+
+    def _save(self) -> None:
+        self._submit(_Flush([], self.boundary, self.boundary_gtid, "checkpoint"))
+
+    def _submit(self, flush: _Flush) -> None:
+        if self.writer is None:  # not reading (yet): write here
+            self._write(flush)
+        else:
+            self.writer.submit(flush)
+        self.saved = flush.boundary
+        self.saved_at = time.monotonic()
+
+    def _write(self, flush: _Flush) -> None:
+        """Convert and store the flush's files, then save its checkpoint (the writer thread)."""
+        tables = [(t, batch.first_commit_day(), batch.to_table()) for t, batch in flush.files]
+        for t, day, table in tables:  # all converted first: a value that fails writes none of them
             key = dms_object_key(
-                self.cluster.name,
-                t.database,
-                t.table,
-                first_commit_day(table),
-                self.namer.next(t.database, t.table),
+                self.cluster.name, t.database, t.table, day, self.namer.next(t.database, t.table)
             )
             self.lake.put_bytes(key, encode_parquet(table))
-            files += 1
-            changes += table.num_rows
-        if files or self.boundary != self.saved:
-            self._save()
-        if files:
+        cluster = self.cluster.name
+        save_checkpoint(self.lake, Checkpoint(cluster, flush.boundary[0], flush.boundary[1], flush.gtid))
+        if tables:
+            changes = sum(table.num_rows for _, _, table in tables)
             self.written += changes
             log.info(
                 "cdc capture %s: %d files, %d changes, position %s:%d (%s)",
-                self.cluster.name,
-                files,
+                cluster,
+                len(tables),
                 changes,
-                self.boundary[0],
-                self.boundary[1],
-                reason,
+                flush.boundary[0],
+                flush.boundary[1],
+                flush.reason,
             )
-
-    def _save(self) -> None:
-        save_checkpoint(
-            self.lake, Checkpoint(self.cluster.name, self.boundary[0], self.boundary[1], self.boundary_gtid)
-        )
-        self.saved = self.boundary
-        self.saved_at = time.monotonic()
 
     def _report_progress(self, log_file: str, log_pos: int) -> None:
         buffered = sum(len(s.buffer) for s in self.states.values())
@@ -501,7 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cluster", action="append", help="a cluster of the mapping (repeatable; default: all)"
     )
-    parser.add_argument("--mapping", type=Path, default=CATALOG_DIR, help="the mapping directory")
+    parser.add_argument(
+        "--mapping",
+        type=Path,
+        default=None,
+        help="mapping directory (default: $PLATFORM_CDC_MAPPING)",
+    )
     parser.add_argument(
         "--stop-after", type=float, default=None, metavar="SECONDS", help="stop after this long"
     )

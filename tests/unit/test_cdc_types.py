@@ -181,3 +181,60 @@ def test_errors_name_the_column_and_type() -> None:
 
 def test_enum_members_with_quotes() -> None:
     assert enum_members("enum('a','it''s','c,d')") == ["a", "it's", "c,d"]
+
+
+BULK_CASES = [
+    ("bigint(20)", {}, [1, None, -(2**63), 2**63 - 1]),
+    ("int(11)", {}, [7, None]),
+    ("bit(1)", {"numeric_precision": 1}, ["0", "1", None]),
+    ("tinyint(1)", {}, [0, 1, None]),
+    (
+        "decimal(18,4)",
+        {"numeric_precision": 18, "numeric_scale": 4},
+        [Decimal("1.5"), Decimal("-0.0001"), None],
+    ),
+    ("double", {}, [1.25, None]),
+    ("date", {}, [date(2000, 1, 31), None]),
+    ("time", {}, [timedelta(hours=-12), None]),
+    ("datetime(6)", {"data_type": "datetime"}, [datetime(2024, 2, 29, 23, 59, 59, 123456), None]),
+    ("timestamp(3)", {"data_type": "timestamp"}, [datetime(2024, 5, 6, 7, 8, 9, 123000), None]),
+    ("varchar(10)", {}, ["a", "한글", None]),
+    ("json", {}, ['{"b": [1, 2], "a": "x"}', "[]", "NaN", None]),
+    ("varbinary(4)", {}, [b"\x00\x01", None]),
+    ("year", {}, [2024, None]),
+]
+
+
+@pytest.mark.parametrize(("column_type", "kw", "values"), BULK_CASES)
+def test_bulk_conversion_is_the_per_value_one(column_type: str, kw: dict, values: list) -> None:
+    conv = conversion(col(column_type, **kw), where="main.db.t")
+    assert conv.fast is not None and conv.fast(values) is not None  # binlog values take the bulk path
+    assert conv.to_array(values).equals(conv.array([conv.convert(v) for v in values]))
+
+
+@pytest.mark.parametrize(
+    ("column_type", "kw", "values"),
+    [
+        ("tinyint(1)", {}, [0, 5, -1, "1", True]),  # not 0/1: value by value
+        ("bit(1)", {"numeric_precision": 1}, [b"\x01", " 1", "0"]),
+        ("int(11)", {}, [1, Decimal(2), 3.0, "4"]),  # mixed representations
+        ("datetime", {}, [datetime(2024, 1, 1, 9, tzinfo=timezone(timedelta(hours=9))), date(2024, 1, 2)]),
+        ("timestamp", {}, [datetime(1970, 1, 1), datetime(2024, 1, 1)]),  # the zero timestamp: null
+        ("date", {}, [datetime(2024, 1, 1, 5), "0000-00-00"]),
+        ("year", {}, [0, 1900, 2024]),
+    ],
+)
+def test_bulk_conversion_falls_back_value_by_value(column_type: str, kw: dict, values: list) -> None:
+    conv = conversion(col(column_type, **kw), where="main.db.t")
+    assert conv.to_array(values).equals(conv.array([conv.convert(v) for v in values]))
+
+
+def test_bulk_conversion_errors_name_the_column() -> None:
+    dec = conversion(col("decimal(6,2)", numeric_precision=6, numeric_scale=2), where="main.db.t")
+    with pytest.raises(TypeConversionError, match=r"main\.db\.t\.c.*decimal places"):
+        dec.to_array([Decimal("1.00"), Decimal("1.001")])
+    with pytest.raises(TypeConversionError, match="does not fit"):
+        dec.to_array([Decimal("10000.00")])
+    js = conversion(col("json"), where="main.db.t")
+    with pytest.raises(TypeConversionError, match=r"main\.db\.t\.c"):
+        js.to_array(['{"a": 1}', "{not json"])
