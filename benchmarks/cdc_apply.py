@@ -30,7 +30,11 @@
              file. The ceiling: no validation, no type coercion, no quarantine, no drift checks.
 
    Rounds alternate (platform, dlt, bare, platform, ...). Wall time, CPU seconds (ru_utime +
-   ru_stime from wait4: the process and its threads) and peak RSS (ru_maxrss) are each child's.
+   ru_stime from wait4: the process and its threads) and peak RSS (ru_maxrss) are each child's;
+   besides, each child times its apply phase alone (wall and process CPU from just before the
+   first table's apply to just after the last: imports and process start excluded, as in a
+   Dagster run, whose process has imported everything before the step starts). The targets are
+   judged by the apply-phase ratios; the ratios with process start are printed for reference.
    Children write and reuse compiled bytecode (in a cache under the work directory, warmed
    before the first round), as a deployed image has it, even where PYTHONDONTWRITEBYTECODE is
    set: otherwise every child compiles Dagster's, pandas' and dlt's sources anew (seconds of
@@ -182,8 +186,24 @@ GENERATE = textwrap.dedent(
     """
 )
 
+# The apply phase of a child: wall and CPU seconds (every thread of the process) from just before
+# the first table's apply to just after the last, imports and process start excluded (a Dagster
+# run process has imported everything before the step starts). Written to <out>/phase.json.
+PHASE = textwrap.dedent(
+    """
+    import json as _json
+    import time
+
+
+    def phase(out, wall, cpu):
+        (out / "phase.json").write_text(
+            _json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
+        )
+    """
+)
+
 # argv: out dir (DuckDB file inside), lake root, mapping dir
-PLATFORM = textwrap.dedent(
+PLATFORM = PHASE + textwrap.dedent(
     """
     import sys
     from pathlib import Path
@@ -194,12 +214,15 @@ PLATFORM = textwrap.dedent(
     out = Path(sys.argv[1])
     lake = LocalLake(root=sys.argv[2])
     warehouse = DuckDBWarehouse(path=str(out / "warehouse.duckdb"))
-    for table in load_mapping(Path(sys.argv[3])).enabled:
+    tables = load_mapping(Path(sys.argv[3])).enabled
+    wall, cpu = time.perf_counter(), time.process_time()
+    for table in tables:
         apply_pending(lake, warehouse, table, run_id="bench")
+    phase(out, wall, cpu)
     """
 )
 
-DLT = textwrap.dedent(
+DLT = PHASE + textwrap.dedent(
     f"""
     import sys
     from pathlib import Path
@@ -226,14 +249,16 @@ DLT = textwrap.dedent(
                               "AR_H_CHANGE_SEQ": {{"dedup_sort": "desc"}}}})
         for t in sorted(base.iterdir())
     ]
+    wall, cpu = time.perf_counter(), time.process_time()
     pipeline = dlt.pipeline(pipeline_name="bench_cdc_apply", pipelines_dir=str(out / ".dlt"),
                             destination=dlt.destinations.duckdb(str(out / "warehouse.duckdb")),
                             dataset_name="cdc_{CLUSTER}")
     pipeline.run(resources, loader_file_format="parquet")
+    phase(out, wall, cpu)
     """
 )
 
-BARE = textwrap.dedent(
+BARE = PHASE + textwrap.dedent(
     f"""
     import sys
     from datetime import UTC, datetime
@@ -241,6 +266,7 @@ BARE = textwrap.dedent(
     import duckdb
     out, lake = Path(sys.argv[1]), Path(sys.argv[2])
     base = lake / "landing/cdc/{CLUSTER}/{DB}"
+    wall, cpu = time.perf_counter(), time.process_time()
     con = duckdb.connect(str(out / "warehouse.duckdb"))
     con.execute("CREATE SCHEMA cdc_{CLUSTER}")
     con.execute("CREATE SCHEMA ledger")
@@ -298,6 +324,7 @@ BARE = textwrap.dedent(
         con.execute("DROP TABLE changes")
         con.commit()
     con.close()
+    phase(out, wall, cpu)
     """
 )
 
@@ -375,6 +402,11 @@ class Run:
     wall: float
     cpu: float
     peak_mb: float
+    apply_wall: float = 0.0  # the apply phase alone (see PHASE)
+    apply_cpu: float = 0.0
+
+
+FIELDS = ("wall", "cpu", "peak_mb", "apply_wall", "apply_cpu")
 
 
 def child(code: str, *args: str, env: dict[str, str] | None = None) -> Run:
@@ -458,6 +490,8 @@ def main() -> None:
                     str(mapping),
                     env={"PLATFORM_VAR_DIR": str(out / "var"), **pyc},
                 )
+                phase = json.loads((out / "phase.json").read_text())
+                run = Run(run.wall, run.cpu, run.peak_mb, phase["wall"], phase["cpu"])
                 state = checksum(out / "warehouse.duckdb", contender.schema)
                 counts = {t: v[0] for t, v in state.items()}
                 if counts != made["rows"]:
@@ -468,7 +502,9 @@ def main() -> None:
                 runs[key].append(run)
                 print(
                     f"  round {round_no}  {contender.name:<28}{run.wall:>7.2f} s wall{run.cpu:>7.2f} CPU-s"
-                    f"{run.peak_mb:>6.0f} MB peak{args.changes / run.wall:>10,.0f} changes/s  {same}",
+                    f"{run.peak_mb:>6.0f} MB peak{args.changes / run.wall:>10,.0f} changes/s;"
+                    f"  apply phase{run.apply_wall:>7.2f} s{run.apply_cpu:>7.2f} CPU-s"
+                    f"{args.changes / run.apply_wall:>10,.0f} changes/s  {same}",
                     flush=True,
                 )
                 shutil.rmtree(out)
@@ -479,29 +515,43 @@ def main() -> None:
         raise SystemExit(f"current states differ: {differing}; no figures")
 
     med = {
-        key: Run(*(statistics.median(getattr(r, f) for r in rs) for f in ("wall", "cpu", "peak_mb")))
-        for key, rs in runs.items()
+        key: Run(*(statistics.median(getattr(r, f) for r in rs) for f in FIELDS)) for key, rs in runs.items()
     }
-    print(f"\nmedians of {args.rounds} runs each ({args.changes:,} changes, process start included);")
+    print(f"\nmedians of {args.rounds} runs each ({args.changes:,} changes);")
     print("all contenders end with the same current state (per table: row count and checksum)")
-    print(f"{'contender':<30}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'changes/s':>11}")
+    print(f"{'':<30}{'--- process start included ---':^36}  {'--- apply phase alone ---':^28}")
+    print(
+        f"{'contender':<30}{'wall s':>8}{'CPU-s':>8}{'peak MB':>9}{'changes/s':>11}"
+        f"  {'wall s':>8}{'CPU-s':>8}{'changes/s':>12}"
+    )
     for key, m in med.items():
         print(
             f"{CONTENDERS[key].name:<30}{m.wall:>8.2f}{m.cpu:>8.2f}{m.peak_mb:>9.0f}"
-            f"{args.changes / m.wall:>11,.0f}"
+            f"{args.changes / m.wall:>11,.0f}  {m.apply_wall:>8.2f}{m.apply_cpu:>8.2f}"
+            f"{args.changes / m.apply_wall:>12,.0f}"
         )
     platform = med.get("platform")
     checks = []
-    if platform and "dlt" in med:
-        ratio = med["dlt"].wall / platform.wall
-        checks.append((ratio > 1, f"platform {ratio:.2f}x dlt's speed (target: faster)"))
-    if platform and "bare" in med:
-        share = med["bare"].wall / platform.wall
-        checks.append(
-            (share >= TARGET_BARE, f"platform at {share:.0%} of the bare MERGE's speed (target >= 80%)")
-        )
+    for what, attr in (("apply phase", "apply_wall"), ("process start included", "wall")):
+        judged = " (judged)" if attr == "apply_wall" else " (for reference)"
+        if platform and "dlt" in med:
+            ratio = getattr(med["dlt"], attr) / getattr(platform, attr)
+            checks.append((ratio > 1, f"{what}{judged}: platform {ratio:.2f}x dlt's speed (target: faster)"))
+        if platform and "bare" in med:
+            share = getattr(med["bare"], attr) / getattr(platform, attr)
+            checks.append(
+                (
+                    share >= TARGET_BARE,
+                    f"{what}{judged}: platform at {share:.0%} of the bare MERGE's speed (target >= 80%)",
+                )
+            )
     if checks:
         print()
+        print(
+            "The targets are about apply throughput: judge them by the apply-phase ratios (a Dagster run"
+            " process has imported everything before the step starts); the ratios with process start"
+            " are for reference."
+        )
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
 

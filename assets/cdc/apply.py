@@ -4,14 +4,16 @@ One call (`apply_pending`) takes every change file of one mapped table that
 the ledger has not applied and that is not held in quarantine, in apply order,
 and applies them in ONE warehouse transaction:
 
-1. Outside the transaction (DuckDB admits one writer at a time, so the lock is
-   held briefly): list, read and validate each file, convert its columns to
-   the tables' types (assets.cdc.coerce) and compare schemas. A file that
-   fails is quarantined (cdc_state.quarantine) and holds nothing back; a file
-   whose schema is incompatible blocks the table from that file on.
-2. Inside: re-check what is still pending, drop changes already applied under
-   another file (same seq, re-written after a capture crash), append history,
-   reduce to the last change per key and MERGE into the current table with a
+One connection and one transaction a call (a DuckDB connection takes the
+file's lock and costs tens of milliseconds; a table's files read in tens):
+1. Read the state (on DuckDB in one statement), list, read and validate each
+   file, convert its columns to the tables' types (assets.cdc.coerce) and
+   compare schemas. A file that fails is quarantined (cdc_state.quarantine)
+   and holds nothing back; a file whose schema is incompatible blocks the
+   table from that file on.
+2. Drop changes already applied under another file (same seq, re-written
+   after a capture crash), append history, reduce to the last change per key
+   (in Arrow when there is no history) and MERGE into the current table with a
    sequence guard, complete full loads, and record the files in
    cdc_state.files and in the generic ledger: a crash leaves all or nothing.
 
@@ -466,8 +468,12 @@ def _table_types(db: Any, table: CdcTable) -> dict[str, pa.DataType] | None:
 _CATALOG: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
+def _is_duckdb(db: Any) -> bool:
+    return getattr(db, "dialect", None) == "duckdb" and hasattr(db, "con")
+
+
 def _exists(db: Any, name: str) -> bool:
-    if getattr(db, "dialect", None) == "duckdb" and hasattr(db, "con"):
+    if _is_duckdb(db):
         try:
             known = _CATALOG.get(db)
         except TypeError:  # not weakly referenceable
@@ -530,79 +536,69 @@ def apply_pending(
     (reconciliation). `arrow_views` forces (True) or disables (False) the DuckDB fast path of
     registering Arrow tables on the connection; by default it is used whenever the engine is DuckDB.
 
-    Two warehouse connections a call (each DuckDB connection takes the file's lock anew and costs
-    tens of milliseconds): one for the reads that decide what to read from the lake, one for the
-    apply's transaction, opened only once the files are read and validated.
+    One warehouse connection a call (each DuckDB connection takes the file's lock anew and costs
+    tens of milliseconds): the state reads, the listing, the file reads and the writes share one
+    transaction, so nothing can change between what is read and what is written.
     """
     started = time.monotonic()
     result = ApplyResult(table.target)
     state.ensure_state(warehouse)
     target = table.target
-    subs: list[str] | None = None
-    with warehouse.transaction() as db:
-        block = state.active_block(db, target)
-        newest: str | None = None
-        if block is None:
-            if files is None:
-                last = None if full_listing else state.last_applied_key(db, target)
-                released = state.released_keys(db, target) if last else []
-                subs = _listing_prefixes(*_listing_window(last, released))
-                # What is applied in the folders the listing covers (keys sort by day folder).
-                prefix = dms_prefix(table.cluster.name, table.database, table.table)
-                applied = _applied_from(db, target, prefix + min(subs))
-                held = state.held_identities(db, target, None)
-            else:
-                ids = [f.ref.identity for f in files]
-                applied = _applied_in(db, target, ids)
-                held = state.held_identities(db, target, ids)
-            existing = _table_types(db, table)
-            dropped = state.dropped_columns(db, target)
-            newest = state.last_applied_key(db, target)
-    if block is not None:
-        result.blocked = block["reason"]
-        return _done(result, started)
-    if files is None:
-        assert subs is not None
-        files = _list_prefixes(lake, table, subs)
-    files = sorted(files, key=lambda f: f.order)
-    ids = [f.ref.identity for f in files]
-    todo = [f for f in files if f.ref.identity not in applied and f.ref.identity not in held]
-    result.files_skipped = sum(1 for i in ids if i in applied)
-    result.files_held = sum(1 for i in ids if i in held and i not in applied)
-    if not todo:
-        return _done(result, started)
     ledger = FileLedger(warehouse)
-
-    # Read and validate before taking the warehouse's write lock.
-    parsed: list[_Parsed] = []
-    rejected: list[tuple[ChangeFile, str, str]] = []
-    for f in todo:
-        if f.invalid or f.name is None:
-            rejected.append((f, "bad_name", f.invalid or "not a DMS file name"))
-            continue
-        try:
-            parsed.append(_read_file(lake, f, table.primary_key))
-        except _Rejected as exc:
-            rejected.append((f, exc.cause, exc.reason))
-    plan = _plan(parsed, existing, table, dropped, newest)
-
-    now = datetime.now(UTC)
     with warehouse.transaction() as session:
-        # Another run may have applied, quarantined or blocked meanwhile.
-        if (block := state.active_block(session, table.target)) is not None:
-            result.blocked = block["reason"]
+        if _is_duckdb(session):
+            reads = state.apply_reads(session, target)
+            with contextlib.suppress(TypeError):
+                _CATALOG[session] = set(reads["tables"])
+            reason, newest = reads["block"], reads["newest"]
+            released_keys, held_all, dropped = reads["released"], set(reads["held"]), set(reads["dropped"])
+        else:
+            block = state.active_block(session, target)
+            reason = block["reason"] if block is not None else None
+            newest = state.last_applied_key(session, target) if reason is None else None
+            released_keys, held_all, dropped = None, None, None
+        if reason is not None:
+            result.blocked = reason
             return _done(result, started)
-        ids = [f.ref.identity for f in todo]
-        gone = _applied_in(session, table.target, ids) | state.held_identities(session, table.target, ids)
-        if gone:
-            parsed = [p for p in parsed if p.file.ref.identity not in gone]
-            rejected = [r for r in rejected if r[0].ref.identity not in gone]
-            result.files_skipped += len(gone)
-        now_types = _table_types(session, table)
-        now_dropped = state.dropped_columns(session, table.target)
-        if gone or not _same_types(now_types, existing) or now_dropped != dropped:
-            existing = now_types
-            plan = _plan(parsed, existing, table, now_dropped, newest)
+        if files is None:
+            last = None if full_listing else newest
+            if released_keys is None:
+                released_keys = state.released_keys(session, target) if last else []
+            released = released_keys if last else []
+            subs = _listing_prefixes(*_listing_window(last, released))
+            # What is applied in the folders the listing covers (keys sort by day folder).
+            prefix = dms_prefix(table.cluster.name, table.database, table.table)
+            applied = _applied_from(session, target, prefix + min(subs))
+            held = held_all if held_all is not None else state.held_identities(session, target, None)
+            files = _list_prefixes(lake, table, subs)
+        else:
+            ids = [f.ref.identity for f in files]
+            applied = _applied_in(session, target, ids)
+            held = held_all if held_all is not None else state.held_identities(session, target, ids)
+        files = sorted(files, key=lambda f: f.order)
+        todo = [f for f in files if f.ref.identity not in applied and f.ref.identity not in held]
+        result.files_skipped = sum(1 for f in files if f.ref.identity in applied)
+        result.files_held = sum(1 for f in files if f.ref.identity in held and f.ref.identity not in applied)
+        if not todo:
+            return _done(result, started)
+        existing = _table_types(session, table)
+        if dropped is None:
+            dropped = state.dropped_columns(session, target)
+
+        # Read and validate (nothing written yet: a file that fails is quarantined below).
+        parsed: list[_Parsed] = []
+        rejected: list[tuple[ChangeFile, str, str]] = []
+        for f in todo:
+            if f.invalid or f.name is None:
+                rejected.append((f, "bad_name", f.invalid or "not a DMS file name"))
+                continue
+            try:
+                parsed.append(_read_file(lake, f, table.primary_key))
+            except _Rejected as exc:
+                rejected.append((f, exc.cause, exc.reason))
+        plan = _plan(parsed, existing, table, dropped, newest)
+
+        now = datetime.now(UTC)
         _quarantine(session, table, rejected + plan.quarantined, run_id, now, result)
         if plan.tables:
             _apply_plan(lake, ledger, session, table, plan, existing, run_id, now, result, arrow_views)
@@ -881,6 +877,11 @@ def _apply_plan(
         staged = _Staged(session, use_views)
         if not (table.history and use_views):  # the history is appended from the staged table
             changes = changes.drop_columns(["_file_id", "_row_index"])
+        reduced = not table.history  # else the staged table is the history's rows too
+        if reduced:
+            # Only the last change of a key can reach the current table: the database stages and
+            # merges a fraction of the rows (a re-applied key's later changes come by replay_sql).
+            changes = _last_per_key(changes, [k.lower() for k in table.primary_key])
         try:
             source = staged.put("changes", changes)
             replay_sql = None
@@ -888,7 +889,7 @@ def _apply_plan(
                 replay_sql = _replay_source(
                     lake, session, table, plan, staged, source, batch_min, applied_max
                 )
-            result.current = _merge_current(session, table, plan, source, replay_sql, now)
+            result.current = _merge_current(session, table, plan, source, replay_sql, now, reduced)
             if replay_sql is not None:
                 result.replayed = state.rows(session, f"SELECT count(*) AS n FROM ({replay_sql})")[0]["n"]
             if table.history:
@@ -1051,8 +1052,22 @@ def _change_file_of(ref: FileRef) -> ChangeFile:
     return ChangeFile(ref, key, parse_file_name(key.filename), datetime.now(UTC))
 
 
+def _last_per_key(changes: pa.Table, keys: list[str]) -> pa.Table:
+    """The change with the highest seq of each key (in Arrow: no database work for the others)."""
+    order = pc.sort_indices(changes.column("_change_seq"))
+    positions = changes.select(keys).take(order).append_column("_pos", order)
+    last = positions.group_by(keys, use_threads=False).aggregate([("_pos", "last")])
+    return changes.take(last.column("_pos_last"))
+
+
 def _merge_current(
-    session: Any, table: CdcTable, plan: _Plan, source: str, replay_sql: str | None, now: datetime
+    session: Any,
+    table: CdcTable,
+    plan: _Plan,
+    source: str,
+    replay_sql: str | None,
+    now: datetime,
+    reduced: bool = False,
 ) -> dict[str, int]:
     keys = [k.lower() for k in table.primary_key]
     columns = ["_op", "_change_seq", "_commit_ts", *plan.types]
@@ -1061,10 +1076,13 @@ def _merge_current(
     if replay_sql is not None:
         changes = f"{changes} UNION ALL {replay_sql}"
     partition = ", ".join(quote_identifier(k) for k in keys)
-    last = (
-        f"SELECT * FROM ({changes}) c"
-        f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _change_seq DESC) = 1"
-    )
+    if reduced and replay_sql is None:  # one change a key already
+        last = changes
+    else:
+        last = (
+            f"SELECT * FROM ({changes}) c"
+            f" QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _change_seq DESC) = 1"
+        )
     loaded = literal(now)
     data = [c for c in plan.types if c not in keys]
     sets = ", ".join(f"{quote_identifier(c)} = s.{quote_identifier(c)}" for c in data)

@@ -153,6 +153,29 @@ def last_applied_key(db: Any, target: str) -> str | None:
     return found[0]["k"] if found else None
 
 
+def apply_reads(db: Any, target: str) -> dict[str, Any]:
+    """What an apply reads first, in one DuckDB query: the active block's reason, the last applied
+    key, released keys, held identities, columns accepted as dropped, and the tables that exist.
+    (One statement instead of six: on DuckDB each costs milliseconds whatever it reads.)"""
+    t = literal(target)
+    found = rows(
+        db,
+        f"SELECT (SELECT reason FROM {BLOCKS} WHERE target = {t} AND lifted_at IS NULL"
+        "  ORDER BY since LIMIT 1) AS block,"
+        f" (SELECT max(object_key) FROM {FILES} WHERE target = {t}) AS newest,"
+        f" (SELECT list(DISTINCT object_key) FROM {QUARANTINE} WHERE target = {t}"
+        "  AND released_at IS NOT NULL) AS released,"
+        f" (SELECT list(DISTINCT identity) FROM {QUARANTINE} WHERE target = {t}"
+        "  AND released_at IS NULL) AS held,"
+        f" (SELECT list(column_name) FROM {DROPPED} WHERE target = {t}) AS dropped,"
+        " (SELECT list(schema_name || '.' || table_name) FROM duckdb_tables() WHERE NOT temporary)"
+        " AS tables",
+    )[0]
+    return {
+        key: value if value is not None or key in ("block", "newest") else [] for key, value in found.items()
+    }
+
+
 def dropped_columns(db: Any, target: str) -> set[str]:
     return {
         r["column_name"]
