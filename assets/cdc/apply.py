@@ -297,7 +297,7 @@ def _seq_column(raw: pa.Table, f: ChangeFile) -> pa.Array:
     seq = pc.cast(seq, pa.string())
     # Length and digits: a regex over every row costs several times more.
     ok = pc.fill_null(pc.and_(pc.equal(pc.binary_length(seq), SEQ_WIDTH), pc.utf8_is_digit(seq)), False)
-    if not pc.all(ok).as_py():
+    if len(ok) and not pc.all(ok).as_py():  # (all() of nothing is null, not true)
         example = seq[pc.index(ok, False).as_py()].as_py()
         raise _Rejected(
             "bad_value", f"column {CHANGE_SEQ_COLUMN!r}: value {example!r} is not {SEQ_WIDTH} digits"
