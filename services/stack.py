@@ -124,16 +124,16 @@ def _local_pii_key(var: Path) -> str:
 
 
 def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) -> None:
-    for _, proc in reversed(procs):
+    """Stop the services one at a time, the last started first: the CDC capture writes what it
+    holds (to the lake, on moto in S3 mode) before moto stops."""
+    for name, proc in reversed(procs):
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for name, proc in reversed(procs):
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"stack: {name} did not stop in {grace:.0f} s; killing it", flush=True)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                print(f"stack: {name} did not stop in {grace:.0f} s; killing it", flush=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
 
