@@ -193,7 +193,7 @@ def main() -> int:
         other.join(timeout=60)
         result = _measure(args, moto_port)
         cpu = meter.cpu_seconds - cpu_before
-        runs = _runs(var)
+        runs = _runs(var, dagster_db)
     finally:
         stop.set()
         with contextlib.suppress(ProcessLookupError):
@@ -302,10 +302,14 @@ def _measure(args: argparse.Namespace, moto_port: int) -> dict:
     }
 
 
-def _runs(var: Path) -> str:
+def _runs(var: Path, dagster_db: str) -> str:
     """Run outcomes in the stack's instance, per domain tag."""
     import dagster as dg
 
+    from services.stack import dagster_pg_env
+
+    os.environ["DAGSTER_PG_DB"] = dagster_db
+    os.environ.update(dagster_pg_env())
     os.environ["DAGSTER_HOME"] = str(var / "dagster_home")
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records()

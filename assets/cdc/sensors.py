@@ -36,6 +36,56 @@ RECONCILE_EVERY = 300  # a whole listing (not only new objects) this often
 CDC_PREFIX = dms_prefix("x")[: -len("x/")]  # landing/cdc/
 
 
+def attach_to_queued(
+    context: dg.SensorEvaluationContext, ledger: FileLedger, sensor: str, arrivals: Sequence[Arrival]
+) -> tuple[list[Arrival], set[tuple[str, str]], list[Arrival]]:
+    """Give new files to a CDC run that is queued and not started yet, when it loads their table.
+
+    Such a run's steps list their tables' pending files when they start, which is after this
+    tick, so it applies these files too: a second run would start a process (seconds of CPU
+    on two cores) only to find them applied. Returns (arrivals left for new runs, the
+    (target, identity) pairs now settled, the arrivals attached).
+    """
+    queued = context.instance.get_run_records(
+        dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED], tags={"domain": "cdc"}
+        ),
+        limit=20,
+    )
+    takes: dict[str, str] = {}  # target -> run key of a queued run selecting it
+    for record in queued:
+        run = record.dagster_run
+        run_key = run.tags.get("dagster/run_key")
+        for key in run.asset_selection or []:
+            if run_key and key.path[-1] == "current":
+                takes.setdefault(key.to_user_string(), run_key)
+    if not takes:
+        return list(arrivals), set(), []
+    left, settled, attached = [], set(), []
+    by_target: dict[str, list[Arrival]] = defaultdict(list)
+    for arrival in arrivals:
+        target = arrival.target.to_user_string()
+        (by_target[target] if target in takes else left).append(arrival)
+    for target, items in by_target.items():
+        unclaimed, held = ledger.claim(target, [(a.ref, None) for a in items])
+        fresh = {ref.identity for ref, _ in unclaimed}
+        got = set(
+            ledger.hold(
+                target, [(a.ref, None, takes[target]) for a in items if a.ref.identity in fresh], sensor
+            )
+        )
+        for arrival in items:
+            identity = arrival.ref.identity
+            if identity in got:
+                attached.append(arrival)
+                settled.add((target, identity))
+            elif identity not in fresh and identity not in held:
+                settled.add((target, identity))  # already applied
+            else:
+                left.append(arrival)  # claimed elsewhere: plan_runs settles or re-requests it
+    return left, settled, attached
+
+
 class CdcRouter:
     """Which table's load a landing key feeds."""
 
@@ -121,7 +171,11 @@ def events_sensor(mapping: CdcMapping) -> dg.SensorDefinition:
                 else:
                     arrivals.append(arrival)
             per_message[message.message_id] = arrivals
-        plan = plan_runs(context, ledger, name, [a for v in per_message.values() for a in v])
+        every = [a for v in per_message.values() for a in v]
+        left, attached_settled, attached = attach_to_queued(context, ledger, name, every)
+        plan = plan_runs(context, ledger, name, left)
+        plan.settled |= attached_settled
+        plan.claimed += attached
         done = {
             mid
             for mid, arrivals in per_message.items()
@@ -185,7 +239,9 @@ def listing_sensor(mapping: CdcMapping) -> dg.SensorDefinition:
                 arrivals.append(arrival)
         if unmapped:
             context.log.warning(f"{name}: {len(unmapped)} files name no mapped table, e.g. {unmapped[0]}")
-        plan = plan_runs(context, ledger, name, arrivals, ledger.open_claims(targets))
+        left, _, attached = attach_to_queued(context, ledger, name, arrivals)
+        plan = plan_runs(context, ledger, name, left, ledger.open_claims(targets))
+        plan.claimed += attached
         requests = router.requests(plan)
         return dg.SensorResult(
             run_requests=requests,
