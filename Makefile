@@ -23,3 +23,6 @@ bench:                  ## benchmarks, with the peers they compare against
 	uv run python benchmarks/code_location_load.py
 	uv run python benchmarks/extract_postgres.py
 	uv run python benchmarks/sensor_run_latency.py
+	uv run python benchmarks/cdc_capture.py
+	uv run python benchmarks/cdc_apply.py
+	uv run python benchmarks/cdc_latency.py

@@ -7,11 +7,15 @@ code path for tests, the demo and production.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import dagster as dg
 
 from resources import settings
+
+_CLIENTS: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
 
 
 class AwsClients(dg.ConfigurableResource):
@@ -27,8 +31,8 @@ class AwsClients(dg.ConfigurableResource):
         return settings.local_aws_endpoint() if self.use_local_endpoint else None
 
     def client(self, service: str) -> Any:
-        import boto3  # lazy: keeps boto3 out of the code location's import
-
+        """A client for service, made once per process and settings (making one costs ~0.1-0.3
+        CPU-s: botocore loads its service model), and reused: boto3 clients are thread-safe."""
         kwargs: dict[str, Any] = {"region_name": self.region_name or settings.aws_region()}
         endpoint = self.resolved_endpoint()
         if endpoint:
@@ -36,4 +40,13 @@ class AwsClients(dg.ConfigurableResource):
             # moto accepts any key; real credentials never go to a local endpoint.
             if not os.environ.get("AWS_ACCESS_KEY_ID"):
                 kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
-        return boto3.session.Session().client(service, **kwargs)
+        # The credentials in the environment are part of the key, so a change of them is seen.
+        key = (service, os.getpid(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"),
+               tuple(sorted(kwargs.items())))  # fmt: skip
+        with _LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                import boto3  # lazy: keeps boto3 out of the code location's import
+
+                client = _CLIENTS[key] = boto3.session.Session().client(service, **kwargs)
+        return client
