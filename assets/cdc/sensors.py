@@ -61,7 +61,9 @@ def attach_to_queued(
                 takes.setdefault(key.to_user_string(), run_key)
     if not takes:
         return list(arrivals), set(), []
-    left, settled, attached = [], set(), []
+    left: list[Arrival] = []
+    settled: set[tuple[str, str]] = set()
+    attached: list[Arrival] = []
     by_target: dict[str, list[Arrival]] = defaultdict(list)
     for arrival in arrivals:
         target = arrival.target.to_user_string()

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -197,6 +198,7 @@ class ClusterCapture:
         self.deadline = deadline
         self.progress = progress
         self.defaults = mapping.defaults
+        self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"cdc-upload-{cluster}")
         self.written = 0
         self.error: BaseException | None = None
         self.namer = FileNamer()
@@ -531,11 +533,19 @@ class ClusterCapture:
     def _write(self, flush: _Flush) -> None:
         """Convert and store the flush's files, then save its checkpoint (the writer thread)."""
         tables = [(t, batch.first_commit_day(), batch.to_table()) for t, batch in flush.files]
-        for t, day, table in tables:  # all converted first: a value that fails writes none of them
-            key = dms_object_key(
-                self.cluster.name, t.database, t.table, day, self.namer.next(t.database, t.table)
-            )
-            self.lake.put_bytes(key, encode_parquet(table))
+        # All converted first: a value that fails writes none of them. The files are stored in
+        # parallel (one PUT each on S3, where a round trip, not the bytes, is the cost), and the
+        # checkpoint is saved only once every one of them is.
+        keys = [
+            dms_object_key(self.cluster.name, t.database, t.table, day, self.namer.next(t.database, t.table))
+            for t, day, _ in tables
+        ]
+        files = [(key, table) for key, (_, _, table) in zip(keys, tables, strict=True)]
+
+        def store(item: tuple[str, Any]) -> None:
+            self.lake.put_bytes(item[0], encode_parquet(item[1]))
+
+        list(self._uploads.map(store, files))  # raises the first failure: no checkpoint then
         cluster = self.cluster.name
         save_checkpoint(self.lake, Checkpoint(cluster, flush.boundary[0], flush.boundary[1], flush.gtid))
         if tables:
