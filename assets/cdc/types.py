@@ -42,6 +42,7 @@ cluster.database.table.column and the type.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -52,10 +53,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-try:  # JSON validation in bulk: several times faster than json.loads; json.loads decides what it refuses
-    import orjson
+# JSON validation in bulk: several times faster than json.loads, which decides what orjson refuses.
+# Optional (installed with dlt, say): typed Any so mypy agrees with and without it.
+orjson: Any
+try:
+    orjson = importlib.import_module("orjson")
 except ImportError:  # pragma: no cover
-    orjson = None  # type: ignore[assignment]
+    orjson = None
 
 if TYPE_CHECKING:
     from assets.cdc.mapping import ColumnSpec
