@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.lake_ops.assets import landing_arrivals
+from assets.lake_ops.assets import OWN_ARRIVALS, landing_arrivals
 from assets.shared.routes import LakeRoute, day_of
 from assets.shared.sensors import lake_objects_sensor, s3_event_sensor
 from resources import settings
@@ -13,7 +13,7 @@ from resources.lake import Tier
 # Every domain's landing objects count towards that day's arrivals. CDC change files (several a
 # second) are loaded by the CDC sensors and counted when another file triggers a recount.
 _ROUTE = LakeRoute(
-    asset=landing_arrivals.key, tier=Tier.LANDING, partition_key=day_of, exclude_domains=("cdc",)
+    asset=landing_arrivals.key, tier=Tier.LANDING, partition_key=day_of, exclude_domains=OWN_ARRIVALS
 )
 
 landing_listing_sensor = lake_objects_sensor(

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from assets.lake_ops.assets import lake_inventory, lake_paths_follow_conventions, landing_arrivals
 from resources.lake import LakePartition, Tier
+from resources.lake.paths import dms_object_key
 from resources.ledger import FileLedger, FileRef
 from resources.warehouse import DuckDBWarehouse
 from services.demo_feed import demo_batch, write_one
@@ -26,13 +27,18 @@ def test_landing_arrivals_counts_what_landed(lake, tmp_path):
         pa.table({"x": [1, 2]}), Tier.LANDING, "demo", "other", LakePartition(date(2026, 11, 24))
     )
     lake.put_bytes(f"landing/demo/events/{day.path}/broken.parquet", b"not parquet")
+    # A CDC change file of that day: the CDC domain records its own arrivals, so it is not counted.
+    lake.put_bytes(
+        dms_object_key("main", "shop", "orders", date(2026, 11, 23), "20261123-0400000000.parquet"),
+        b"not read",
+    )
 
     resources = {"lake": lake, "warehouse": warehouse}
     result = dg.materialize([landing_arrivals], resources=resources, partition_key="2026-11-23")
     assert result.success
     meta = result.asset_materializations_for_node(landing_arrivals.op.name)[0].metadata
     assert meta["rows"].value == sum(sizes)
-    assert meta["objects"].value == 4  # three files and the broken one
+    assert meta["objects"].value == 4  # three files and the broken one, not the CDC file
     assert meta["unreadable_objects"].value == 1
     summary = lake.read_parquet(
         Tier.CURATED, "lake_ops", "landing_arrivals", LakePartition(date(2026, 11, 23))
@@ -44,7 +50,7 @@ def test_landing_arrivals_counts_what_landed(lake, tmp_path):
     assert len(lake.parquet_keys(Tier.CURATED, "lake_ops", "landing_arrivals")) == 1
 
     # The day's four files are in the file ledger, so the sensors do not ask for them again.
-    listed = [o for o in lake.list_objects("landing/") if "/day=23/" in o.key]
+    listed = [o for o in lake.list_objects("landing/demo/") if "/day=23/" in o.key]
     refs = [FileRef(o.key, lake.etag(o)) for o in listed]
     assert len(FileLedger(warehouse).applied("lake_ops/landing_arrivals", refs)) == 4
 
