@@ -140,7 +140,7 @@ PLATFORM = textwrap.dedent(
     from assets.cdc.mapping import load_mapping
     from resources.lake import LocalLake
     from services.cdc.capture import run_capture
-    from services.cdc.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from assets.cdc.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
     r, work = json.loads(sys.argv[2]), Path(sys.argv[3])
     end = (binlog_number(r["end"][0]), r["end"][1])
     lake = LocalLake(root=str(work / "lake"))

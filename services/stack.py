@@ -257,9 +257,9 @@ def _initial_full_loads(env: dict[str, str], var: Path, wait: float = 30.0) -> N
     Waits for the capture's first checkpoints, so the snapshot's position is after the
     capture's start and no change falls between the two.
     """
+    from assets.cdc.checkpoint import load_checkpoint
     from assets.cdc.mapping import load_mapping
     from resources.profiles import build_resources
-    from services.cdc.checkpoint import load_checkpoint
     from services.cdc.full_load import full_load
 
     saved = dict(os.environ)

@@ -11,7 +11,6 @@ as a difference.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from resources.warehouse import Warehouse
 
 CONTROL_PREFIX = "_cdc_"
-CHECKPOINT_NAME = "_capture_checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -132,19 +130,18 @@ def _source_hashes(table: CdcTable, plans: list[Any]) -> tuple[pa.Table, str]:
 def _caught_up(lake: LakeStorage, warehouse: Warehouse, table: CdcTable, snapshot: str) -> bool:
     """The capture's checkpoint is at or past the snapshot, and no file of the table waits."""
     from assets.cdc.apply import list_change_files
+    from assets.cdc.checkpoint import load_checkpoint
     from assets.cdc.dms import binlog_number
     from assets.cdc.state import ensure_state, held_identities
-    from resources.lake.paths import dms_prefix
     from resources.ledger import FileLedger
 
     file, _, pos = snapshot.partition(":")
     if not file or not pos:
         return False
-    key = dms_prefix(table.cluster.name) + CHECKPOINT_NAME
-    if not lake.exists(key):
+    checkpoint = load_checkpoint(lake, table.cluster.name)
+    if checkpoint is None:
         return False
-    checkpoint = json.loads(lake.get_bytes(key))
-    at = (binlog_number(checkpoint["log_file"]), int(checkpoint["log_pos"]))
+    at = (binlog_number(checkpoint.log_file), checkpoint.log_pos)
     if at < (binlog_number(file), int(pos)):
         return False
     files = list_change_files(lake, table)

@@ -56,7 +56,7 @@ class DuckDBWarehouse(Warehouse):
                 with _CONNECT_LOCK:
                     con = duckdb.connect(str(path))
                 break
-            except (duckdb.IOException, duckdb.Error) as exc:
+            except duckdb.Error as exc:  # IOException (a lock) and file handle conflicts
                 # Another process holds the write lock; it lets go when its operation ends.
                 text = str(exc).lower()
                 if (

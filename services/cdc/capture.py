@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from assets.cdc import dms
+from assets.cdc.checkpoint import Checkpoint, checkpoint_key, load_checkpoint, save_checkpoint
 from assets.cdc.mapping import CdcMapping, CdcTable, load_mapping
 from resources.lake.paths import dms_object_key
 from resources.lake.storage import LakeStorage
-from services.cdc.checkpoint import Checkpoint, checkpoint_key, load_checkpoint, save_checkpoint
 from services.cdc.source import CdcSourceError, connect, connection_settings, table_conversions
 from services.cdc.writer import ChangeBatch, FileNamer, TableBuffer, encode_parquet
 

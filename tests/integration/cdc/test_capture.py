@@ -20,11 +20,11 @@ import pyarrow as pa
 import pytest
 
 from assets.cdc import dms
+from assets.cdc.checkpoint import checkpoint_key, load_checkpoint
 from assets.cdc.mapping import load_mapping
 from resources.lake import LakeStorage, LocalLake
 from resources.settings import PROJECT_ROOT
 from services.cdc.capture import CaptureError, run_capture
-from services.cdc.checkpoint import checkpoint_key, load_checkpoint
 from tests.integration.cdc.conftest import MappingWriter, SourceDb, read_changes, subprocess_env
 
 ACCOUNTS = """CREATE TABLE accounts (

@@ -8,11 +8,11 @@ import threading
 import time
 
 from assets.cdc.apply import apply_pending
+from assets.cdc.checkpoint import load_checkpoint
 from assets.cdc.mapping import load_mapping
 from resources.lake import LocalLake
 from resources.warehouse import DuckDBWarehouse
 from services.cdc.capture import run_capture
-from services.cdc.checkpoint import load_checkpoint
 from services.cdc.full_load import full_load
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from assets.cdc.checkpoint import load_checkpoint
 from assets.cdc.definitions import build
 from assets.cdc.dms import cdc_file_name
 from assets.cdc.factory import SCHEMA_CHECK, current_key
@@ -28,7 +29,6 @@ from resources.lake.paths import dms_object_key
 from resources.settings import PROJECT_ROOT
 from resources.warehouse import DuckDBWarehouse
 from services.cdc.capture import run_capture
-from services.cdc.checkpoint import load_checkpoint
 
 
 class Capture:
