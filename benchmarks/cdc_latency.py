@@ -317,10 +317,24 @@ def _runs(var: Path, dagster_db: str) -> str:
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records()
         counts: dict[str, int] = {}
+        waits, spans, steps = [], [], []
         for r in records:
             key = f"{r.dagster_run.tags.get('domain', 'other')}:{r.dagster_run.status.value}"
             counts[key] = counts.get(key, 0) + 1
-    return json.dumps(dict(sorted(counts.items())))
+            if r.dagster_run.tags.get("domain") != "cdc" or not (r.start_time and r.end_time):
+                continue
+            waits.append(r.start_time - r.create_timestamp.timestamp())
+            spans.append(r.end_time - r.start_time)
+            for stat in instance.get_run_step_stats(r.dagster_run.run_id):
+                if stat.start_time and stat.end_time:
+                    steps.append(stat.end_time - stat.start_time)
+    # Where a CDC run's time goes: queued (created -> started), running, and per load step.
+    timing = {
+        name: f"p50 {statistics.median(v):.1f} p95 {sorted(v)[int(0.95 * (len(v) - 1))]:.1f} (n={len(v)})"
+        for name, v in (("queued_s", waits), ("run_s", spans), ("step_s", steps))
+        if v
+    }
+    return json.dumps(dict(sorted(counts.items()))) + "\n" + " " * 26 + json.dumps(timing)
 
 
 def _drop_source(database: str) -> None:

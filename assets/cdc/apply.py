@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -540,12 +540,46 @@ def apply_pending(
     tens of milliseconds): the state reads, the listing, the file reads and the writes share one
     transaction, so nothing can change between what is read and what is written.
     """
+    state.ensure_state(warehouse)
+    return _apply(lake, warehouse, warehouse.transaction, table, run_id, files, full_listing, arrow_views)
+
+
+def apply_tables(
+    lake: LakeStorage, warehouse: Warehouse, tables: Sequence[CdcTable], *, run_id: str | None = None
+) -> dict[str, ApplyResult | Exception]:
+    """apply_pending for each table, one transaction a table, all on one warehouse connection.
+
+    One connection takes DuckDB's file lock and loads its catalog once for the whole pass
+    instead of once a table. A table that fails rolls back alone: its exception is its
+    entry in the result, and the tables after it are applied.
+    """
+    state.ensure_state(warehouse)
+    results: dict[str, ApplyResult | Exception] = {}
+    with warehouse.transactions() as begin:
+        for table in tables:
+            try:
+                results[table.target] = _apply(lake, warehouse, begin, table, run_id, None, False, None)
+            except Exception as exc:
+                log.exception("%s: apply failed", table.target)
+                results[table.target] = exc
+    return results
+
+
+def _apply(
+    lake: LakeStorage,
+    warehouse: Warehouse,
+    begin: Callable[[], contextlib.AbstractContextManager[Any]],
+    table: CdcTable,
+    run_id: str | None,
+    files: list[ChangeFile] | None,
+    full_listing: bool,
+    arrow_views: bool | None,
+) -> ApplyResult:
     started = time.monotonic()
     result = ApplyResult(table.target)
-    state.ensure_state(warehouse)
     target = table.target
     ledger = FileLedger(warehouse)
-    with warehouse.transaction() as session:
+    with begin() as session:
         if _is_duckdb(session):
             reads = state.apply_reads(session, target)
             with contextlib.suppress(TypeError):
@@ -1263,6 +1297,7 @@ __all__ = [
     "ChangeFile",
     "accept_schema",
     "apply_pending",
+    "apply_tables",
     "list_change_files",
     "quarantine_counts",
     "release_quarantined",

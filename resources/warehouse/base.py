@@ -8,8 +8,8 @@ version of every query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
@@ -60,6 +60,16 @@ class Warehouse(dg.ConfigurableResource, ABC):
         idempotent; DuckDB overrides it with one real transaction.
         """
         yield self
+
+    @contextmanager
+    def transactions(self) -> Iterator[Callable[[], AbstractContextManager[Any]]]:
+        """A factory of transactions that share one connection while this context is open.
+
+        For many short transactions in a row (a CDC pass over every table): DuckDB takes its
+        file lock per connection, so one connection costs one lock and one catalog load instead
+        of one per transaction. This default opens each transaction on its own.
+        """
+        yield self.transaction
 
     def replace_where(self, table: str, data: pa.Table, predicate: str) -> int:
         """Replace the rows matching a DuckDB-dialect predicate (a partition) with data.

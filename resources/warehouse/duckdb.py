@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +135,23 @@ class DuckDBWarehouse(Warehouse):
         """Several operations on one connection, committed together or not at all."""
         with self._transaction() as con:
             yield DuckDBSession(con)
+
+    @contextmanager
+    def transactions(self) -> Iterator[Callable[[], AbstractContextManager[DuckDBSession]]]:
+        """Transactions one after another on one connection (one lock, one catalog load)."""
+        with self.connect() as con:
+
+            @contextmanager
+            def begin() -> Iterator[DuckDBSession]:
+                con.begin()
+                try:
+                    yield DuckDBSession(con)
+                except BaseException:
+                    con.rollback()
+                    raise
+                con.commit()
+
+            yield begin
 
     @staticmethod
     def _ensure_schema(con: Any, table: str) -> None:

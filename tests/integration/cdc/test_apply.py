@@ -25,6 +25,7 @@ from assets.cdc import apply as apply_module
 from assets.cdc.apply import (
     accept_schema,
     apply_pending,
+    apply_tables,
     list_change_files,
     quarantine_counts,
     release_quarantined,
@@ -243,6 +244,36 @@ def test_bad_files_are_quarantined_and_others_apply(lake: LakeStorage, warehouse
     assert release_quarantined(warehouse, t, key=corrupt) == [corrupt]
     retried = apply_pending(lake, warehouse, t)
     assert [(k, c) for k, c, _ in retried.quarantined] == [(corrupt, "corrupt")]
+
+
+def test_apply_tables_one_connection_a_failing_table_rolls_back_alone(
+    lake: LakeStorage, warehouse: DuckDBWarehouse
+) -> None:
+    first, broken, last = cdc_table("first"), cdc_table("broken"), cdc_table("last")
+    for t in (first, broken, last):
+        write_cdc(lake, t, [I(1, 1, "a"), I(2, 2, "b")], at=T0 + timedelta(seconds=1))
+    # The broken table's current state is a view someone made by hand: its MERGE fails.
+    schema = broken.current_table.split(".")[0]
+    warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    warehouse.execute(
+        f"CREATE VIEW {broken.current_table} AS SELECT 1::BIGINT AS id, 'x' AS name, 0::BIGINT AS qty,"
+        " '' AS _cdc_seq, now() AS _cdc_commit_ts, now() AS _cdc_loaded_at"
+    )
+
+    results = apply_tables(lake, warehouse, [first, broken, last], run_id="pass-1")
+    assert list(results) == [first.target, broken.target, last.target]
+    assert isinstance(results[broken.target], Exception)
+    for t in (first, last):
+        done = results[t.target]
+        assert not isinstance(done, Exception) and done.files_applied == 1
+        assert current(warehouse, t) == [{"id": 1, "name": "a", "qty": 0}, {"id": 2, "name": "b", "qty": 0}]
+    # Rolled back alone: neither its history nor its ledger rows were kept, so a later pass retries it.
+    applied = warehouse.query(f"SELECT target FROM {APPLIED} ORDER BY target")["target"].to_pylist()
+    assert applied == sorted([first.target, last.target])
+    assert not warehouse.table_exists(broken.history_table)
+    warehouse.execute(f"DROP VIEW {broken.current_table}")
+    again = apply_tables(lake, warehouse, [first, broken, last])
+    assert [getattr(r, "files_applied", r) for r in again.values()] == [0, 1, 0]
 
 
 def test_bad_value_names_column_and_example(local_lake: LakeStorage, warehouse: DuckDBWarehouse) -> None:
