@@ -13,8 +13,9 @@
    The mapping has history disabled: every contender builds the current state only.
 2. Contenders, each on a fresh DuckDB file, each run in a fresh process of its own:
 
-   platform  assets.cdc.apply.apply_pending(lake, DuckDBWarehouse, table) for each of the 20
-             tables: listing, the ledger (idempotent loads keyed by file), ordering by
+   platform  assets.cdc.apply.apply_tables(lake, DuckDBWarehouse, tables) once for the 20
+             tables (one connection, one transaction a table, as the Dagster load step):
+             listing, the ledger (idempotent loads keyed by file), ordering by
              AR_H_CHANGE_SEQ, type checks, the MERGE into cdc_bench.<table>.
    dlt       dlt (duckdb destination), write_disposition merge (delete-insert) of a resource per
              table reading the same Parquet files as Arrow tables: primary_key id, a `deleted`
@@ -207,7 +208,7 @@ PLATFORM = PHASE + textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from assets.cdc.apply import apply_pending
+    from assets.cdc.apply import apply_tables
     from assets.cdc.mapping import load_mapping
     from resources.lake import LocalLake
     from resources.warehouse.duckdb import DuckDBWarehouse
@@ -216,8 +217,11 @@ PLATFORM = PHASE + textwrap.dedent(
     warehouse = DuckDBWarehouse(path=str(out / "warehouse.duckdb"))
     tables = load_mapping(Path(sys.argv[3])).enabled
     wall, cpu = time.perf_counter(), time.process_time()
-    for table in tables:
-        apply_pending(lake, warehouse, table, run_id="bench")
+    # One pass over every table on one connection, one transaction a table (the Dagster load step's call).
+    results = apply_tables(lake, warehouse, tables, run_id="bench")
+    failed = {t: r for t, r in results.items() if isinstance(r, Exception)}
+    if failed:
+        raise SystemExit(f"apply failed: {failed}")
     phase(out, wall, cpu)
     """
 )
@@ -391,7 +395,7 @@ class Contender:
 
 
 CONTENDERS = {
-    "platform": Contender("platform apply_pending", PLATFORM, f"cdc_{CLUSTER}"),
+    "platform": Contender("platform apply_tables", PLATFORM, f"cdc_{CLUSTER}"),
     "dlt": Contender("dlt merge (delete-insert)", DLT, f"cdc_{CLUSTER}"),
     "bare": Contender("bare DuckDB MERGE", BARE, f"cdc_{CLUSTER}"),
 }
