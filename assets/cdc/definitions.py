@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.cdc.checks import reconcile_check
 from assets.cdc.dashboard import build_dashboard_assets
-from assets.cdc.factory import landed_spec, load_asset
+from assets.cdc.factory import landed_spec, load_assets
 from assets.cdc.mapping import load_mapping
 from assets.cdc.sensors import events_sensor, listing_sensor
 
@@ -17,7 +17,7 @@ def build(mapping_dir: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *(landed_spec(t) for t in tables),
-            *(load_asset(t) for t in tables),
+            *([load_assets(tables)] if tables else []),
             *build_dashboard_assets(mapping),
         ],
         asset_checks=[reconcile_check(t) for t in tables],

@@ -2,8 +2,8 @@
 
 Both know a change file by its identity (key and ETag) and claim it in the
 file ledger, so a re-delivered event or a re-listed file is requested once.
-All tables with new files in one tick load in one run (unpartitioned load
-steps, one per table). A tick also records each table's newly landed files as
+All tables with new files in one tick load in one run: the one load step of
+every table, draining (assets.cdc.factory). A tick also records each table's newly landed files as
 a materialization of its `landed` asset (per day). An event for a file no
 mapping names is left on the queue, so the redrive policy moves it to the
 dead-letter queue and the mistake stays visible.
@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.cdc.factory import DAILY, SCHEMA_CHECK, current_key, landed_key, load_keys
+from assets.cdc.factory import DAILY, DRAIN, LOAD_OP, SCHEMA_CHECK, current_key, landed_key, load_keys
 from assets.cdc.mapping import CdcMapping, CdcTable
 from assets.shared.routes import Arrival
 from assets.shared.s3_events import S3Event, parse_message
@@ -110,20 +110,27 @@ class CdcRouter:
         return self.by_target[arrival.target.to_user_string()]
 
     def requests(self, plan: Plan) -> list[dg.RunRequest]:
-        """The plan's run requests, each selecting whole load steps (history with current) and
-        only the schema checks: reconciliation runs on its own schedule."""
-        out = []
-        for request in plan.run_requests:
-            tables = [self.by_target[k.to_user_string()] for k in request.asset_selection or []]
-            out.append(
-                dg.RunRequest(
-                    run_key=request.run_key,
-                    asset_selection=[k for t in tables for k in load_keys(t)],
-                    asset_check_keys=[dg.AssetCheckKey(current_key(t), SCHEMA_CHECK) for t in tables],
-                    tags={**request.tags, "domain": "cdc", "cdc/tables": str(len(tables))},
-                )
+        """The plan's run requests, each a draining load of EVERY mapped table (history with
+        current) and only the schema checks: reconciliation runs on its own schedule.
+
+        Every table, not only those with new files: a run keeps applying what lands while it
+        drains, and with one CDC load at a time (dagster.yaml) a table left out would wait for
+        the drain to end. A table with nothing new costs a listing and one state read a pass."""
+        tables = self.mapping.enabled
+        return [
+            dg.RunRequest(
+                run_key=request.run_key,
+                asset_selection=[k for t in tables for k in load_keys(t)],
+                asset_check_keys=[dg.AssetCheckKey(current_key(t), SCHEMA_CHECK) for t in tables],
+                run_config={"ops": {LOAD_OP: {"config": DRAIN}}},
+                tags={
+                    **request.tags,
+                    "domain": "cdc",
+                    "cdc/new_files_for": str(len(request.asset_selection or [])),
+                },
             )
-        return out
+            for request in plan.run_requests
+        ]
 
     def landed_events(self, claimed: Sequence[Arrival]) -> list[dg.AssetMaterialization]:
         per: dict[tuple[str, str], list[str]] = defaultdict(list)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from resources.warehouse import Warehouse
 
@@ -21,6 +22,67 @@ STATUS_TABLE = "platform_status.load_status"
 KEYS = ["domain", "dataset", "stage", "partition"]
 ERROR_CHARS = 2000
 log = logging.getLogger(__name__)
+
+
+def status_row(
+    *,
+    domain: str,
+    dataset: str,
+    stage: str,
+    partition: str,
+    outcome: str,
+    rows: int,
+    duration_s: float,
+    error: BaseException | str | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """One status row, for record_statuses."""
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    return {
+        "domain": domain,
+        "dataset": dataset,
+        "stage": stage,
+        "partition": partition,
+        "outcome": outcome,
+        "rows": rows,
+        "duration_s": round(duration_s, 3),
+        "error": error[:ERROR_CHARS] if error else None,
+        "run_id": run_id,
+        "updated_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+
+
+def record_statuses(warehouse: Warehouse, rows: list[dict]) -> None:
+    """Write (replace) several status rows in one merge; never raises, so a load's own outcome shows."""
+    if not rows:
+        return
+    try:
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist(rows, schema=_schema())
+        warehouse.merge(STATUS_TABLE, table, keys=KEYS)
+    except Exception:  # the status is a report: never hide the load's own outcome behind it
+        log.exception("could not record load status for %d rows (%s, ...)", len(rows), rows[0]["dataset"])
+
+
+def _schema() -> Any:  # built lazily: pyarrow stays out of the module import
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("domain", pa.string()),
+            ("dataset", pa.string()),
+            ("stage", pa.string()),
+            ("partition", pa.string()),
+            ("outcome", pa.string()),
+            ("rows", pa.int64()),
+            ("duration_s", pa.float64()),
+            ("error", pa.string()),
+            ("run_id", pa.string()),
+            ("updated_at", pa.timestamp("us")),
+        ]
+    )
 
 
 def record_status(
@@ -37,25 +99,12 @@ def record_status(
     run_id: str | None = None,
 ) -> None:
     """Write (replace) the status row of one load; never raises, so a load's own outcome shows."""
-    try:
-        import pyarrow as pa
-
-        if isinstance(error, BaseException):
-            error = f"{type(error).__name__}: {error}"
-        row = pa.table(
-            {
-                "domain": [domain],
-                "dataset": [dataset],
-                "stage": [stage],
-                "partition": [partition],
-                "outcome": [outcome],
-                "rows": pa.array([rows], pa.int64()),
-                "duration_s": pa.array([round(duration_s, 3)], pa.float64()),
-                "error": pa.array([error[:ERROR_CHARS] if error else None], pa.string()),
-                "run_id": pa.array([run_id], pa.string()),
-                "updated_at": [datetime.now(UTC).replace(tzinfo=None)],
-            }
-        )
-        warehouse.merge(STATUS_TABLE, row, keys=KEYS)
-    except Exception:  # the status is a report: never hide the load's own outcome behind it
-        log.exception("could not record load status for %s %s (%s, %s)", domain, dataset, stage, partition)
+    record_statuses(
+        warehouse,
+        [
+            status_row(
+                domain=domain, dataset=dataset, stage=stage, partition=partition, outcome=outcome,
+                rows=rows, duration_s=duration_s, error=error, run_id=run_id,
+            )
+        ],
+    )  # fmt: skip

@@ -1,5 +1,5 @@
-"""The CDC listing sensor: one run for all tables with new files, and new files given to a CDC run
-that is queued and not started yet instead of a run of their own."""
+"""The CDC listing sensor: one draining run of every table when files land, and new files given to
+a CDC run that is queued and not started yet instead of a run of their own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from dms_files import Change, write_cdc
 
-from assets.cdc.factory import current_key, load_keys
+from assets.cdc.factory import DRAIN, LOAD_OP, current_key, load_keys
 from assets.cdc.mapping import load_mapping
 from assets.cdc.sensors import listing_sensor
 from resources.lake import LocalLake
@@ -21,6 +21,7 @@ def _mapping(write_mapping, sources):
     tables = [
         {"cluster": "main", "table": "a", "primary_key": ["id"]},
         {"cluster": "main", "table": "b", "primary_key": ["id"]},
+        {"cluster": "main", "table": "c", "primary_key": ["id"]},
     ]
     return load_mapping(write_mapping({"main": sources["main"]}, tables))
 
@@ -32,7 +33,7 @@ def _tick(sensor, instance, resources, cursor=None):
 
 def test_one_run_for_all_tables_and_new_files_join_a_queued_run(sources, write_mapping, tmp_path):
     mapping = _mapping(write_mapping, sources)
-    a, b = mapping.enabled
+    a, b, c = mapping.enabled
     lake = LocalLake(root=str(tmp_path / "lake"))
     warehouse = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
     resources = {"lake": lake, "warehouse": warehouse}
@@ -44,7 +45,10 @@ def test_one_run_for_all_tables_and_new_files_join_a_queued_run(sources, write_m
         first = _tick(sensor, instance, resources)
         assert len(first.run_requests) == 1
         request = first.run_requests[0]
-        assert set(request.asset_selection) == set(load_keys(a)) | set(load_keys(b))
+        # Every table, c (no new files) too: the run drains whatever lands while it runs.
+        assert set(request.asset_selection) == {k for t in (a, b, c) for k in load_keys(t)}
+        assert request.run_config == {"ops": {LOAD_OP: {"config": DRAIN}}}
+        assert request.tags["cdc/new_files_for"] == "2"
         assert {e.asset_key.path[-1] for e in first.asset_events} == {"landed"}
 
         # The daemon queues that run; it has not started when table a's next file lands.
