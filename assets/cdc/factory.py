@@ -100,7 +100,7 @@ class LoadConfig(dg.Config):
 # What the sensors' runs ask for: long enough to carry many batches on one process start,
 # short enough that code and mapping changes take effect within minutes.
 LOAD_OP = "cdc_load"
-DRAIN = {"drain_seconds": 120.0, "idle_seconds": 8.0, "pause_seconds": 1.0}
+DRAIN = {"drain_seconds": 300.0, "idle_seconds": 8.0, "pause_seconds": 1.0}
 
 
 def load_specs(tables: Sequence[CdcTable]) -> list[dg.AssetSpec]:
@@ -172,7 +172,35 @@ class _Run:
         self.blocked: dict[str, str] = {}  # target -> reason, for blocks found by this run
         self.failed: dict[str, str] = {}  # target -> error
         self.alerted: set[tuple[str, str]] = set()
-        self.materialized: set[dg.AssetKey] = set()
+        self.materialized: dict[dg.AssetKey, float] = {}  # key -> when last materialized
+        self.pending: dict[dg.AssetKey, dict[str, Any]] = {}  # applied, not yet materialized
+
+
+# Seconds between a key's materializations in a draining run (beside the freshness policy's
+# minutes; what a pass applies is queryable at once, only its event waits).
+EVENT_EVERY = 20.0
+_SUMMED = ("files_applied", "inserts", "updates", "deletes", "duplicates_dropped", "quarantined_files")
+
+
+def _sum_metadata(before: dict[str, Any] | None, latest: dict[str, Any]) -> dict[str, Any]:
+    """Two passes' metadata as one: counts summed, the rest from the latest pass."""
+    if before is None:
+        return {**latest, "passes": 1}
+    summed = {k: before.get(k, 0) + latest.get(k, 0) for k in (*_SUMMED, "rows_appended") if k in latest}
+    return {
+        **latest,
+        **summed,
+        "apply_seconds": round(before["apply_seconds"] + latest["apply_seconds"], 3),
+        "passes": before["passes"] + 1,
+    }
+
+
+def _log_pending(context: dg.AssetExecutionContext, run: _Run, *, force: bool) -> None:
+    now = time.monotonic()
+    for key in list(run.pending):
+        if force or now - run.materialized[key] >= EVENT_EVERY:
+            context.log_event(dg.AssetMaterialization(key, metadata=run.pending.pop(key)))
+            run.materialized[key] = now
 
 
 def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: LoadConfig) -> Iterator[Any]:
@@ -194,12 +222,14 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
         applied = _record_pass(context, warehouse, aws, active, results, run, run_started, seconds, events)
         for key, metadata in events:
             # A key's first materialization of the run is its output (steps downstream in the
-            # run need it); later passes' are logged events, each a materialization all the same.
-            if key in run.materialized:
-                context.log_event(dg.AssetMaterialization(key, metadata=metadata))
-            else:
-                run.materialized.add(key)
+            # run need it); later passes' are summed and logged at most every EVENT_EVERY seconds:
+            # an event costs the run a write to the instance's storage, a pass far less.
+            if key not in run.materialized:
+                run.materialized[key] = time.monotonic()
                 yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+            else:
+                run.pending[key] = _sum_metadata(run.pending.get(key), metadata)
+        _log_pending(context, run, force=False)
         # A failed table waits for the next run; a newly blocked one ends the drain, so its
         # failed check is reported now rather than at the drain's end.
         active = [t for t in active if t.target not in run.failed and t.target not in run.blocked]
@@ -209,14 +239,14 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
         if run.blocked or now - started >= config.drain_seconds or now - idle_since >= config.idle_seconds:
             break
         time.sleep(config.pause_seconds)
+    _log_pending(context, run, force=True)
     context.log.info(
         f"cdc_load: {passes} passes in {time.monotonic() - started:.1f} s,"
         f" {sum(run.files.values())} files applied over {len(run.files)} tables"
     )
     selected_checks = context.selected_asset_check_keys
     for table in tables:
-        key = dg.AssetCheckKey(current_key(table), SCHEMA_CHECK)
-        if key not in selected_checks:
+        if dg.AssetCheckKey(current_key(table), SCHEMA_CHECK) not in selected_checks:
             continue
         if table.target in run.blocked:
             yield dg.AssetCheckResult(

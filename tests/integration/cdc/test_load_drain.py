@@ -66,12 +66,16 @@ def test_a_run_drains_files_that_land_while_it_runs(sources, write_mapping, loca
         writer.join()
         assert result.success and landed_late.is_set()
         assert _ids(warehouse, a) == [1, 2] and _ids(warehouse, b) == [3]
-        # a: its output at the first pass, a logged materialization at the later one; b: one.
+        # a: its output at the first pass, the later pass's logged when the drain ends; b: one.
         per_key = {
             key: len(instance.fetch_materializations(key, limit=10).records)
             for key in (current_key(a), history_key(a), current_key(b))
         }
         assert per_key == {current_key(a): 2, history_key(a): 2, current_key(b): 1}
+        latest = instance.fetch_materializations(current_key(a), limit=1).records[0]
+        metadata = latest.asset_materialization.metadata
+        assert metadata["files_applied"].value == 1 and metadata["inserts"].value == 1
+        assert metadata["passes"].value >= 1
         checks = {e.asset_key: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {current_key(a): True, current_key(b): True}
     # Ended by its idle time, not by the drain's limit.
