@@ -228,10 +228,11 @@ def _read_file(lake: LakeStorage, f: ChangeFile, primary_key: list[str]) -> _Par
             raise _Rejected("bad_op", f"column {OP_COLUMN} is {op.type}, not text")
         op = pc.cast(op.dictionary_decode() if pa.types.is_dictionary(op.type) else op, pa.string())
         allowed = ("I",) if f.name.is_load else OPS
-        bad = pc.invert(pc.fill_null(pc.is_in(op, value_set=pa.array(allowed)), False))
-        if pc.any(bad).as_py():
-            example = op[pc.index(bad, True).as_py()].as_py()
-            raise _Rejected("bad_op", f"{OP_COLUMN} {example!r} is not one of {'/'.join(allowed)}")
+        # The distinct values (nulls included), in order of first appearance: no Python values
+        # become Arrow scalars here (pyarrow imports pandas, half a second, on the first one).
+        bad = [v for v in pc.value_counts(op).field("values").to_pylist() if v not in allowed]
+        if bad:
+            raise _Rejected("bad_op", f"{OP_COLUMN} {bad[0]!r} is not one of {'/'.join(allowed)}")
     elif f.name.is_load:
         op = pa.repeat(pa.scalar("I", pa.string()), n)  # a full load without IncludeOpForFullLoad: inserts
     else:
@@ -295,9 +296,17 @@ def _seq_column(raw: pa.Table, f: ChangeFile) -> pa.Array:
             "bad_value", f"column {CHANGE_SEQ_COLUMN!r} is {seq.type}, not a {SEQ_WIDTH}-digit string"
         )
     seq = pc.cast(seq, pa.string())
-    # Length and digits: a regex over every row costs several times more.
-    ok = pc.fill_null(pc.and_(pc.equal(pc.binary_length(seq), SEQ_WIDTH), pc.utf8_is_digit(seq)), False)
-    if len(ok) and not pc.all(ok).as_py():  # (all() of nothing is null, not true)
+    if not len(seq):
+        return seq
+    # Length and digits (a regex over every row costs several times more), by aggregates: no
+    # Python value becomes an Arrow scalar on this path (see the Op check).
+    lengths = pc.min_max(pc.binary_length(seq)).as_py()
+    if not (
+        seq.null_count == 0
+        and lengths["min"] == lengths["max"] == SEQ_WIDTH
+        and pc.all(pc.utf8_is_digit(seq)).as_py()
+    ):
+        ok = pc.fill_null(pc.and_(pc.equal(pc.binary_length(seq), SEQ_WIDTH), pc.utf8_is_digit(seq)), False)
         example = seq[pc.index(ok, False).as_py()].as_py()
         raise _Rejected(
             "bad_value", f"column {CHANGE_SEQ_COLUMN!r}: value {example!r} is not {SEQ_WIDTH} digits"
@@ -397,17 +406,19 @@ def _plan(
 
 
 def _batch_table(
-    p: _Parsed, data: pa.Table, types: dict[str, pa.DataType], keep: pa.Array | None
+    p: _Parsed,
+    data: pa.Table,
+    types: dict[str, pa.DataType],
+    keep: pa.Array | None,
+    history: bool = True,
 ) -> pa.Table:
-    """One file's changes as the history table's columns (without _loaded_at)."""
+    """One file's changes as the history table's columns (without _loaded_at); without `history`,
+    without _file_id and _row_index too (only the history holds them)."""
     n = p.rows
-    columns: dict[str, pa.Array] = {
-        "_op": p.op,
-        "_commit_ts": p.commit_ts,
-        "_change_seq": p.seq,
-        "_file_id": pa.repeat(pa.scalar(p.file.ref.identity, pa.string()), n),
-        "_row_index": _row_numbers(n),
-    }
+    columns: dict[str, pa.Array] = {"_op": p.op, "_commit_ts": p.commit_ts, "_change_seq": p.seq}
+    if history:
+        columns["_file_id"] = pa.repeat(pa.scalar(p.file.ref.identity, pa.string()), n)
+        columns["_row_index"] = _row_numbers(n)
     for name, kind in types.items():
         if name in data.column_names:
             column = data.column(name)
@@ -461,6 +472,16 @@ def _table_types(db: Any, table: CdcTable) -> dict[str, pa.DataType] | None:
         for f in schema
         if f.name not in CURRENT_CONTROL
     }
+
+
+def _fetch(db: Any, sql: str) -> list[dict[str, Any]]:
+    """state.rows; on a DuckDB session fetched as Python values, without an Arrow result (a third
+    cheaper for the few rows the apply's own reads return). For text, numbers and lists only."""
+    if _is_duckdb(db):
+        cursor = db.con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return state.rows(db, sql)
 
 
 # Tables known to exist, per open session: DuckDB answers an information_schema query in
@@ -580,6 +601,7 @@ def _apply(
     target = table.target
     ledger = FileLedger(warehouse)
     with begin() as session:
+        reads: dict[str, Any] | None = None
         if _is_duckdb(session):
             reads = state.apply_reads(session, target)
             with contextlib.suppress(TypeError):
@@ -635,7 +657,7 @@ def _apply(
         now = datetime.now(UTC)
         _quarantine(session, table, rejected + plan.quarantined, run_id, now, result)
         if plan.tables:
-            _apply_plan(lake, ledger, session, table, plan, existing, run_id, now, result, arrow_views)
+            _apply_plan(lake, ledger, session, table, plan, existing, run_id, now, result, arrow_views, reads)
         if plan.block is not None:
             _block(session, table, plan.block, now)
             result.blocked = plan.block[1]
@@ -667,7 +689,7 @@ def _applied_from(session: Any, target: str, lowest_key: str) -> set[str]:
         return set()
     return {
         r["identity"]
-        for r in state.rows(
+        for r in _fetch(
             session,
             f"SELECT identity FROM {APPLIED} WHERE target = {literal(target)}"
             f" AND object_key >= {literal(lowest_key)}",
@@ -683,7 +705,7 @@ def _applied_in(session: Any, target: str, identities: list[str]) -> set[str]:
         chunk = identities[start : start + 500]
         found |= {
             r["identity"]
-            for r in state.rows(
+            for r in _fetch(
                 session,
                 f"SELECT identity FROM {APPLIED} WHERE target = {literal(target)}"
                 f" AND identity IN ({state.in_list(chunk)})",
@@ -776,10 +798,13 @@ def _ensure_tables(
         targets.append((table.history_table, history_schema))
     for name, schema in targets:
         if not _exists(session, name):
-            session.load(name, schema.empty_table(), "append")  # creates the table from the schema
+            _create_table(session, name, schema)
             _created(session, name)
             continue
-        have = set(session.query(f"SELECT * FROM {quote_table(name)} LIMIT 0").schema.names)
+        if name == table.current_table and existing is not None:
+            have = set(existing)  # read at the start of this transaction
+        else:
+            have = set(session.query(f"SELECT * FROM {quote_table(name)} LIMIT 0").schema.names)
         for column in plan.types:
             if column not in have:
                 session.execute(
@@ -793,6 +818,40 @@ def _ensure_tables(
             )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time_range(ts: pa.Array) -> tuple[datetime | None, datetime | None]:
+    """The first and last of timestamp[us, UTC] values, as aware datetimes (None if all null):
+    from the integers (a zoned Arrow timestamp's as_py imports pandas)."""
+    micros = pc.min_max(ts.view(pa.int64())).as_py()
+    low, high = micros["min"], micros["max"]
+    return (
+        None if low is None else _EPOCH + timedelta(microseconds=low),
+        None if high is None else _EPOCH + timedelta(microseconds=high),
+    )
+
+
+def _create_table(session: Any, name: str, schema: pa.Schema) -> None:
+    """A table with the columns of an Arrow schema, made from an empty Arrow table (as a load makes
+    it: the same column types); on DuckDB in one script."""
+    empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table() imports pandas)
+    if not _is_duckdb(session):
+        session.load(name, empty, "append")
+        return
+    view = f"_cdc_empty_{uuid.uuid4().hex[:12]}"
+    con = session.con
+    con.register(view, empty)
+    try:
+        parts = quote_table(name).split(".")  # validated, quoted parts
+        create = f"CREATE TABLE {'.'.join(parts)} AS SELECT * FROM {view}"
+        if len(parts) > 1:
+            create = f"CREATE SCHEMA IF NOT EXISTS {'.'.join(parts[:-1])}; {create}"
+        con.execute(create)
+    finally:
+        con.unregister(view)
+
+
 def _seq_ranges(session: Any, target: str, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Seq ranges of applied CDC files of target overlapping any of the (min, max) ranges given."""
     found: list[tuple[str, str]] = []
@@ -801,7 +860,7 @@ def _seq_ranges(session: Any, target: str, files: list[tuple[str, str]]) -> list
         overlap = " OR ".join(f"(max_seq >= {literal(lo)} AND min_seq <= {literal(hi)})" for lo, hi in chunk)
         found += [
             (r["min_seq"], r["max_seq"])
-            for r in state.rows(
+            for r in _fetch(
                 session,
                 f"SELECT DISTINCT min_seq, max_seq FROM {state.FILES} WHERE target = {literal(target)}"
                 f" AND kind = 'cdc' AND ({overlap})",
@@ -832,7 +891,9 @@ def _apply_plan(
     now: datetime,
     result: ApplyResult,
     arrow_views: bool | None,
+    reads: dict[str, Any] | None = None,
 ) -> None:
+    """`reads`: what state.apply_reads read at the start of this transaction (on DuckDB), else None."""
     target = table.target
     _ensure_tables(session, table, plan, existing)
     if plan.readded:
@@ -846,35 +907,42 @@ def _apply_plan(
     # Dedup: a CDC row whose seq lies inside an applied (or earlier in this batch) CDC file's range
     # was applied already: the capture writes a table's changes in binlog order, so a file holds
     # every change of its table between its first and last seq.
+    bounds: list[tuple[str | None, str | None]] = []
+    for p, _ in plan.tables:
+        seq_range = pc.min_max(p.seq).as_py() if p.rows else {"min": None, "max": None}
+        bounds.append((seq_range["min"], seq_range["max"]))
     cdc_ranges = [
-        (pc.min(p.seq).as_py(), pc.max(p.seq).as_py())
-        for p, _ in plan.tables
-        if p.file.kind == "cdc" and p.rows
+        (lo, hi)
+        for (p, _), (lo, hi) in zip(plan.tables, bounds, strict=True)
+        if p.file.kind == "cdc" and lo is not None and hi is not None
     ]
-    applied_ranges = _seq_ranges(session, target, cdc_ranges) if cdc_ranges else []
-    applied_max = state.rows(
-        session, f"SELECT max(max_seq) AS m FROM {state.FILES} WHERE target = {literal(target)}"
-    )[0]["m"]
+    if reads is not None:
+        applied_max = reads["applied_max"]
+    else:
+        applied_max = state.rows(
+            session, f"SELECT max(max_seq) AS m FROM {state.FILES} WHERE target = {literal(target)}"
+        )[0]["m"]
+    # An applied file's range can reach into the batch only if the highest applied seq does.
+    reach = applied_max is not None and any(lo <= applied_max for lo, _ in cdc_ranges)
+    applied_ranges = _seq_ranges(session, target, cdc_ranges) if reach else []
     earlier: list[tuple[str, str]] = []
     batches: list[tuple[_Parsed, pa.Table]] = []
     file_rows = []
-    for p, data in plan.tables:
-        lo: str | None = pc.min(p.seq).as_py() if p.rows else None
-        hi: str | None = pc.max(p.seq).as_py() if p.rows else None
+    at = now.replace(tzinfo=None)
+    for (p, data), (lo, hi) in zip(plan.tables, bounds, strict=True):
         keep = None
         if p.file.kind == "cdc" and lo is not None and hi is not None:
             overlapping = [(a, b) for a, b in applied_ranges + earlier if a <= hi and b >= lo]
             keep = _outside(p.seq, overlapping) if overlapping else None
             earlier.append((lo, hi))
-        batch = _batch_table(p, data, plan.types, keep)
+        batch = _batch_table(p, data, plan.types, keep, history=table.history)
         batches.append((p, batch))
         counts = {o["values"]: o["counts"] for o in pc.value_counts(batch.column("_op")).to_pylist()}
         for op in OPS:
             result.changes[op] += counts.get(op, 0)
         duplicates = p.rows - batch.num_rows
         result.duplicates_dropped += duplicates
-        ts = p.commit_ts
-        first, last = pc.min(ts).as_py(), pc.max(ts).as_py()
+        first, last = _time_range(p.commit_ts)
         file_rows.append(
             {
                 "target": target,
@@ -893,7 +961,7 @@ def _apply_plan(
                 "load_id": p.load_id,
                 "load_part": p.load_part,
                 "load_parts": p.load_parts,
-                "applied_at": now.replace(tzinfo=None),
+                "applied_at": at,
                 "run_id": run_id,
             }
         )
@@ -905,38 +973,49 @@ def _apply_plan(
     changes = pa.concat_tables([b for _, b in batches]) if batches else None
     use_views = arrow_views if arrow_views is not None else getattr(session, "dialect", None) == "duckdb"
     use_views = use_views and hasattr(session, "con")
+    batch_min = None
     if changes is not None and changes.num_rows:
         batch_min = pc.min(changes.column("_change_seq")).as_py()
         late = applied_max is not None and batch_min <= applied_max
         staged = _Staged(session, use_views)
-        if not (table.history and use_views):  # the history is appended from the staged table
-            changes = changes.drop_columns(["_file_id", "_row_index"])
-        reduced = not table.history  # else the staged table is the history's rows too
-        if reduced:
-            # Only the last change of a key can reach the current table: the database stages and
-            # merges a fraction of the rows (a re-applied key's later changes come by replay_sql).
-            changes = _last_per_key(changes, [k.lower() for k in table.primary_key])
+        # Only the last change of a key can reach the current table: the database merges a
+        # fraction of the rows (a re-applied key's later changes come by replay_sql). The history
+        # takes every row, from the whole batch.
+        current = changes.drop_columns(["_file_id", "_row_index"]) if table.history else changes
+        current = _last_per_key(current, [k.lower() for k in table.primary_key])
         try:
-            source = staged.put("changes", changes)
+            source = staged.put("changes", current)
             replay_sql = None
             if late:
                 replay_sql = _replay_source(
                     lake, session, table, plan, staged, source, batch_min, applied_max
                 )
-            result.current = _merge_current(session, table, plan, source, replay_sql, now, reduced)
+            result.current = _merge_current(session, table, plan, source, replay_sql, now, reduced=True)
             if replay_sql is not None:
-                result.replayed = state.rows(session, f"SELECT count(*) AS n FROM ({replay_sql})")[0]["n"]
+                result.replayed = _fetch(session, f"SELECT count(*) AS n FROM ({replay_sql})")[0]["n"]
             if table.history:
-                result.history_rows = _append_history(session, table, batches, source, use_views, now)
+                result.history_rows = _append_history(
+                    session, table, batches, staged, changes, use_views, now
+                )
         finally:
             staged.drop()
-    else:
-        batch_min = None
 
-    session.load(state.FILES, pa.Table.from_pylist(file_rows, schema=_FILES_SCHEMA), "append")
-    _complete_loads(session, table, [p for p, _ in plan.tables], batch_min, result)
+    if any(p.load_id for p, _ in plan.tables):  # _complete_loads counts the parts in cdc_state.files
+        _insert_files(session, file_rows)
+        file_rows = []
+    _complete_loads(session, table, [p for p, _ in plan.tables], batch_min, result, reads)
     refs = [p.file.ref for p, _ in plan.tables]
-    _record(ledger, session, target, refs, run_id, {p.file.ref.identity: p.rows for p, _ in plan.tables})
+    _record(
+        ledger,
+        session,
+        target,
+        refs,
+        run_id,
+        {p.file.ref.identity: p.rows for p, _ in plan.tables},
+        file_rows,
+        claims=reads["claims"] if reads is not None else None,
+        at=at,
+    )
     result.files_applied = len(refs)
 
 
@@ -947,27 +1026,78 @@ def _record(
     refs: list[FileRef],
     run_id: str | None,
     rows: dict[str, int],
+    file_rows: list[dict[str, Any]] | None = None,
+    claims: bool | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """The ledger rows, in the apply's transaction (a crash leaves both or neither).
+    """The files' rows in cdc_state.files and the ledger's rows, in the apply's transaction (a crash
+    leaves all or none); the target's claims on the files deleted (`claims`: whether it holds any,
+    None when not known).
 
-    The rows are written here rather than by FileLedger.record, which asks the warehouse again,
-    per file, whether each is recorded: this transaction has already found every one of these
-    files unapplied (and on DuckDB the ledger's key refuses a second row for a file).
+    The ledger's rows are written here rather than by FileLedger.record, which asks the warehouse
+    again, per file, whether each is recorded: this transaction has already found every one of
+    these files unapplied (and on DuckDB the ledger's key refuses a second row for a file). On
+    DuckDB as one script of INSERT ... VALUES statements: no Arrow tables to build and register.
     """
-    if not refs:
+    if not refs and not file_rows:
+        return
+    fresh = sorted(set(refs))
+    if _is_duckdb(session):
+        script = [_files_insert(file_rows)] if file_rows else []
+        if fresh:
+            if not _exists(session, APPLIED):
+                ledger._create(session)
+                _created(session, APPLIED)
+            at = at or state.now_utc()
+            values = ", ".join(
+                f"({literal(target)}, {literal(r.identity)}, {literal(r.key)}, {literal(r.etag)}, NULL,"
+                f" {literal(run_id)}, {literal(rows.get(r.identity))}, {literal(at)})"
+                for r in fresh
+            )
+            script.append(
+                f"INSERT INTO {APPLIED} (target, identity, object_key, etag, partition_key, run_id, rows,"
+                f" applied_at) VALUES {values}"
+            )
+            if claims or (claims is None and _exists(session, CLAIMS)):
+                script += _claims_deletes(target, fresh)
+        session.con.execute(";\n".join(script))
+        return
+    if file_rows:
+        _insert_files(session, file_rows)
+    if not fresh:
         return
     if not _exists(session, APPLIED):
         ledger._create(session)
         _created(session, APPLIED)
-    fresh = sorted(set(refs))
     session.load(APPLIED, FileLedger._applied_rows(target, fresh, run_id, None, rows), "append")
     if _exists(session, CLAIMS):
-        ids = [r.identity for r in fresh]
-        for start in range(0, len(ids), 500):
-            session.execute(
-                f"DELETE FROM {CLAIMS} WHERE target = {literal(target)}"
-                f" AND identity IN ({state.in_list(ids[start : start + 500])})"
-            )
+        for statement in _claims_deletes(target, fresh):
+            session.execute(statement)
+
+
+def _insert_files(session: Any, file_rows: list[dict[str, Any]]) -> None:
+    """The applied files' rows in cdc_state.files."""
+    if not file_rows:
+        return
+    if _is_duckdb(session):
+        session.con.execute(_files_insert(file_rows))
+    else:
+        session.load(state.FILES, pa.Table.from_pylist(file_rows, schema=_FILES_SCHEMA), "append")
+
+
+def _files_insert(file_rows: list[dict[str, Any]]) -> str:
+    names = _FILES_SCHEMA.names
+    values = ", ".join(f"({', '.join(literal(r[n]) for n in names)})" for r in file_rows)
+    return f"INSERT INTO {state.FILES} ({', '.join(names)}) VALUES {values}"
+
+
+def _claims_deletes(target: str, refs: list[FileRef]) -> list[str]:
+    ids = [r.identity for r in refs]
+    return [
+        f"DELETE FROM {CLAIMS} WHERE target = {literal(target)}"
+        f" AND identity IN ({state.in_list(ids[start : start + 500])})"
+        for start in range(0, len(ids), 500)
+    ]
 
 
 _FILES_SCHEMA = pa.schema(
@@ -995,18 +1125,23 @@ _FILES_SCHEMA = pa.schema(
 
 
 class _Staged:
-    """Arrow tables made visible to SQL: on DuckDB, copied from a registered view into a temporary
-    table (DuckDB's MERGE reads its own tables about twice as fast as an Arrow scan); elsewhere
-    loaded into staging tables."""
+    """Arrow tables made visible to SQL: on DuckDB, a registered view of the Arrow table (read in
+    place), or with `copy` a temporary table made from one; elsewhere loaded into staging tables."""
 
     def __init__(self, session: Any, views: bool):
         self.session, self.views = session, views
         self.names: list[str] = []
+        self.registered: list[str] = []
 
-    def put(self, what: str, data: pa.Table) -> str:
+    def put(self, what: str, data: pa.Table, copy: bool = False) -> str:
         name = f"_cdc_{what}_{uuid.uuid4().hex[:12]}"
         if self.views:
             con = self.session.con
+            if not copy:
+                # A statement that reads the rows once reads the Arrow table as fast as a copy of it.
+                con.register(name, data)
+                self.registered.append(name)
+                return name
             con.register(f"{name}_view", data)
             try:
                 con.execute(f"CREATE TEMPORARY TABLE {name} AS SELECT * FROM {name}_view")
@@ -1019,6 +1154,8 @@ class _Staged:
         return name if self.views else quote_table(name)
 
     def drop(self) -> None:
+        for name in self.registered:
+            self.session.con.unregister(name)
         for name in self.names:
             self.session.execute(f"DROP TABLE IF EXISTS {name if self.views else quote_table(name)}")
 
@@ -1074,7 +1211,7 @@ def _replay_source(
                 if n in p.data.column_names
             }
         )
-        tables.append(_batch_table(p, data, plan.types, None))
+        tables.append(_batch_table(p, data, plan.types, None, history=False))
     if not tables:
         return None
     name = staged.put("replay", pa.concat_tables(tables))
@@ -1087,11 +1224,29 @@ def _change_file_of(ref: FileRef) -> ChangeFile:
 
 
 def _last_per_key(changes: pa.Table, keys: list[str]) -> pa.Table:
-    """The change with the highest seq of each key (in Arrow: no database work for the others)."""
-    order = pc.sort_indices(changes.column("_change_seq"))
-    positions = changes.select(keys).take(order).append_column("_pos", order)
-    last = positions.group_by(keys, use_threads=False).aggregate([("_pos", "last")])
-    return changes.take(last.column("_pos_last"))
+    """The change with the highest seq of each key (in Arrow: no database work for the others);
+    of two changes of a key at one seq, the later row.
+
+    A stable sort by key (and by seq, unless the batch is in seq order already, as a table's files
+    are) and the last row of each key's run. No hash aggregation: pyarrow's group_by imports Acero
+    and, with it, pandas (half a second).
+    """
+    n = changes.num_rows
+    if n < 2:
+        return changes
+    seq = changes.column("_change_seq").combine_chunks()
+    columns = {k: changes.column(k).combine_chunks() for k in keys}
+    sort_keys = [(k, "ascending") for k in keys]
+    if not pc.all(pc.less_equal(seq.slice(0, n - 1), seq.slice(1))).as_py():
+        columns["_change_seq"] = seq
+        sort_keys.append(("_change_seq", "ascending"))
+    order = pc.sort_indices(pa.table(columns), sort_keys=sort_keys)
+    boundary = None  # row i of the sorted rows is the last of its key: its key differs from row i+1's
+    for k in keys:
+        column = columns[k].take(order)
+        differs = pc.not_equal(column.slice(0, n - 1), column.slice(1))
+        boundary = differs if boundary is None else pc.or_(boundary, differs)
+    return changes.take(pa.concat_arrays([pc.filter(order.slice(0, n - 1), boundary), order.slice(n - 1)]))
 
 
 def _merge_current(
@@ -1150,14 +1305,16 @@ def _append_history(
     session: Any,
     table: CdcTable,
     batches: list[tuple[_Parsed, pa.Table]],
-    source: str,
+    staged: _Staged,
+    changes: pa.Table,
     views: bool,
     now: datetime,
 ) -> int:
     history = quote_table(table.history_table)
     if views:
+        source = staged.put("history", changes)
         session.execute(f"INSERT INTO {history} BY NAME SELECT *, {literal(now)} AS _loaded_at FROM {source}")
-        return sum(b.num_rows for _, b in batches)
+        return changes.num_rows
     # Per file, with the ledger's job id: on BigQuery a second load of the same file is refused.
     total = 0
     for p, batch in batches:
@@ -1170,21 +1327,36 @@ def _append_history(
 
 
 def _complete_loads(
-    session: Any, table: CdcTable, applied: list[_Parsed], batch_min: str | None, result: ApplyResult
+    session: Any,
+    table: CdcTable,
+    applied: list[_Parsed],
+    batch_min: str | None,
+    result: ApplyResult,
+    reads: dict[str, Any] | None = None,
 ) -> None:
     """Mark full loads all of whose parts are applied; delete current rows older than the latest
-    complete snapshot (their keys are not in it: every key in it is at the snapshot's seq or newer)."""
+    complete snapshot (their keys are not in it: every key in it is at the snapshot's seq or newer).
+
+    `reads` (state.apply_reads of this transaction) holds the latest complete snapshot: a batch
+    without load files and not older than it has nothing to do here, and asks nothing.
+    """
+    load_ids = sorted({p.load_id for p in applied if p.load_id})
+    if not load_ids and reads is not None:
+        known = reads["snapshot"]
+        if known is None or batch_min is None or batch_min >= known:
+            result.loads_completed = []
+            return
     target = literal(table.target)
     fresh = []
-    for load_id in sorted({p.load_id for p in applied if p.load_id}):
-        parts = state.rows(
+    for load_id in load_ids:
+        parts = _fetch(
             session,
             f"SELECT load_part, load_parts FROM {state.FILES} WHERE target = {target}"
             f" AND load_id = {literal(load_id)}",
         )
         total = max((r["load_parts"] or 0 for r in parts), default=0)
         have = {r["load_part"] for r in parts}
-        done = state.rows(
+        done = _fetch(
             session,
             f"SELECT count(*) AS n FROM {state.LOADS} WHERE target = {target}"
             f" AND load_id = {literal(load_id)}",
@@ -1196,9 +1368,7 @@ def _complete_loads(
             )
             fresh.append(load_id)
     result.loads_completed = fresh
-    snapshot = state.rows(session, f"SELECT max(load_id) AS s FROM {state.LOADS} WHERE target = {target}")[0][
-        "s"
-    ]
+    snapshot = _fetch(session, f"SELECT max(load_id) AS s FROM {state.LOADS} WHERE target = {target}")[0]["s"]
     # Also after a late file (a change older than the snapshot can only re-create a key the snapshot lacks).
     if snapshot is not None and (fresh or (batch_min is not None and batch_min < snapshot)):
         session.execute(
