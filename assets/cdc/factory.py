@@ -267,7 +267,8 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
     if run.failed:
         detail = "; ".join(f"{target}: {error}" for target, error in sorted(run.failed.items()))
         raise dg.Failure(
-            description=f"CDC load failed for {len(run.failed)} tables (the others loaded): {detail}",
+            description=f"CDC load failed for {len(run.failed)} of {len(tables)} tables"
+            f" ({len(tables) - len(run.failed)} loaded): {detail}",
             metadata={"failed_tables": dg.MetadataValue.json(sorted(run.failed))},
         )
 

@@ -64,7 +64,9 @@ class DuckDBWarehouse(Warehouse):
                 ) or time.monotonic() >= deadline:
                     raise
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # Capped low: a draining CDC load frees the lock for a second between passes,
+                # and a waiter polling once a second could miss that gap pass after pass.
+                delay = min(delay * 2, 0.2)
         try:
             yield con
         finally:
