@@ -230,6 +230,11 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
             else:
                 run.pending[key] = _sum_metadata(run.pending.get(key), metadata)
         _log_pending(context, run, force=False)
+        if applied:
+            context.log.debug(
+                f"cdc_load pass {passes}: {sum(getattr(r, 'files_applied', 0) for r in results.values())}"
+                f" files, apply {seconds:.2f} s, recorded {time.monotonic() - pass_started - seconds:.2f} s"
+            )
         # A failed table waits for the next run; a newly blocked one ends the drain, so its
         # failed check is reported now rather than at the drain's end.
         active = [t for t in active if t.target not in run.failed and t.target not in run.blocked]
