@@ -417,7 +417,7 @@ def _batch_table(
     n = p.rows
     columns: dict[str, pa.Array] = {"_op": p.op, "_commit_ts": p.commit_ts, "_change_seq": p.seq}
     if history:
-        columns["_file_id"] = pa.repeat(pa.scalar(p.file.ref.identity, pa.string()), n)
+        columns["_file_id"] = _repeated(p.file.ref.identity, n)
         columns["_row_index"] = _row_numbers(n)
     for name, kind in types.items():
         if name in data.column_names:
@@ -429,10 +429,25 @@ def _batch_table(
     return batch if keep is None else batch.filter(keep)
 
 
+# Arrays made from buffers, not from Python values: pyarrow imports pandas (half a second) the
+# first time it converts a Python value or a NumPy array (pa.array, pa.scalar), and the apply of
+# ordinary change files needs nothing else that would.
 def _row_numbers(n: int) -> pa.Array:
-    import numpy as np  # a C loop: pa.array(range(n)) builds n Python ints
+    """0 .. n-1 as int64 (a C loop: pa.array(range(n)) builds n Python ints)."""
+    import numpy as np
 
-    return pa.array(np.arange(n, dtype=np.int64))
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(np.arange(n, dtype=np.int64))])
+
+
+def _repeated(text: str, n: int) -> pa.Array:
+    """n copies of a string."""
+    import numpy as np
+
+    data = text.encode()
+    one = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(np.array([0, len(data)], dtype=np.int32)), pa.py_buffer(data)]
+    )
+    return one.take(pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(np.zeros(n, dtype=np.int32))]))
 
 
 def sql_type(kind: pa.DataType) -> str:

@@ -568,3 +568,168 @@ def test_last_change_per_key_by_seq_not_row_order(
     result = apply_pending(local_lake, warehouse, t)
     assert result.changes == {"I": 3, "U": 2, "D": 1}
     assert current(warehouse, t) == [{"id": 1, "name": "a5", "qty": 0}, {"id": 3, "name": "c", "qty": 0}]
+
+
+def test_last_change_per_key_with_history_and_a_compound_key(
+    local_lake: LakeStorage, warehouse: DuckDBWarehouse
+) -> None:
+    """With history the MERGE also reads the batch reduced in Arrow; the history gets every row."""
+    t = cdc_table(primary_key=["id", "name"], history=True)
+    write_cdc(
+        local_lake,
+        t,
+        [
+            U(5, 1, "x", 5),
+            I(2, 1, "x", 2),
+            I(3, 1, "y", 3),
+            U(4, 1, "y", 4),
+            Change("D", 6, {"id": 1, "name": "y", "qty": 4}),
+            I(7, 2, "x", 7),
+        ],
+        at=T0 + timedelta(seconds=2),
+    )
+    result = apply_pending(local_lake, warehouse, t)
+    assert (result.changes, result.history_rows) == ({"I": 3, "U": 2, "D": 1}, 6)
+    assert result.current == {"inserted": 2, "updated": 0, "deleted": 0}
+    assert current(warehouse, t) == [{"id": 1, "name": "x", "qty": 5}, {"id": 2, "name": "x", "qty": 7}]
+    assert [s for _, s, _ in history(warehouse, t)] == [seq(n) for n in range(2, 8)]
+
+
+def test_last_per_key_ties_and_order() -> None:
+    """The Arrow reduce: the highest seq of each key wins; of two rows of a key at one seq, the later."""
+    changes = pa.table(
+        {
+            "_op": ["I", "U", "U", "I", "U", "D"],
+            "_change_seq": [seq(1), seq(3), seq(3), seq(2), seq(9), seq(4)],
+            "id": [1, 1, 1, 2, 2, 3],
+            "name": ["a", "b", "c", "d", "e", "f"],
+        }
+    )
+    last = apply_module._last_per_key(changes, ["id"])
+    assert sorted(zip(last["id"].to_pylist(), last["name"].to_pylist(), strict=True)) == [
+        (1, "c"),
+        (2, "e"),
+        (3, "f"),
+    ]
+    in_order = changes.sort_by([("_change_seq", "ascending")])  # the monotonic path: sort by key only
+    last = apply_module._last_per_key(in_order, ["id"])
+    assert sorted(zip(last["id"].to_pylist(), last["name"].to_pylist(), strict=True)) == [
+        (1, "c"),
+        (2, "e"),
+        (3, "f"),
+    ]
+    assert apply_module._last_per_key(changes.slice(0, 1), ["id"]).num_rows == 1
+
+
+@pytest.mark.parametrize("keep_history", [True, False])
+def test_generic_session_matches_duckdb_session(
+    local_lake: LakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_history: bool
+) -> None:
+    """The DuckDB fast paths (the first reads in one query, Arrow views, the files' and ledger's rows
+    in one SQL script, tables made in one script) and the generic ones a BigQuery session takes
+    leave the same tables, state rows, ledger rows and claims, through duplicates, a complete load
+    set, claims and a late file."""
+    from resources.ledger import CLAIMS, FileLedger
+
+    t = cdc_table(history=keep_history)
+    write_cdc(local_lake, t, [I(1, 1, "a"), I(2, 2, "b"), U(3, 1, "a3")], at=T0 + timedelta(seconds=3))
+    write_cdc(local_lake, t, [D(4, 2), I(5, 3, "c"), I(6, 4, "d")], at=T0 + timedelta(seconds=6))
+    # Pass 2: changes 5-6 re-written with 8 (a capture crash), a load set at 11; pass 3: a late file
+    # (9-10, held back in pass 2) whose key 1 changed later (the load): replayed, and its key 6,
+    # older than the complete snapshot, removed again.
+    rewritten = [I(5, 3, "c"), I(6, 4, "d"), U(8, 3, "c8")]
+    late = [U(9, 1, "a9"), I(10, 6, "f")]
+    load = [{"id": 1, "name": "a-snap", "qty": 1}, {"id": 3, "name": "c-snap", "qty": 3}]
+
+    def run(generic: bool) -> list[Any]:
+        lake_root = tmp_path / f"lake-{generic}"
+        lake = type(local_lake)(root=str(lake_root))
+        for source in Path(local_lake.root).rglob("*.parquet"):
+            target = lake_root / source.relative_to(local_lake.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+        wh = DuckDBWarehouse(path=str(tmp_path / f"w{generic}.duckdb"))
+        seen: list[Any] = []
+
+        def apply(**kw: Any) -> None:
+            with monkeypatch.context() as patched:
+                if generic:
+                    patched.setattr(apply_module, "_is_duckdb", lambda db: False)
+                r = apply_pending(lake, wh, t, run_id="r", arrow_views=not generic, **kw)
+            seen.append(
+                [
+                    r.files_applied,
+                    r.changes,
+                    r.duplicates_dropped,
+                    r.history_rows,
+                    r.replayed,
+                    r.loads_completed,
+                    r.current,
+                    r.max_seq,
+                    r.last_commit_ts,
+                ]
+            )
+
+        apply()
+        write_cdc(lake, t, rewritten, name="20260302-1000080000.parquet")
+        late_key = write_cdc(lake, t, late, name="20260302-1000090000.parquet")
+        write_load(lake, t, load, counter=1, snapshot=11, part=1, parts=1)
+        claimed = [f.ref for f in list_change_files(lake, t) if f.ref.key == late_key]
+        FileLedger(wh).hold(t.target, [(claimed[0], None, "run-key")], "test")
+        apply(files=[f for f in list_change_files(lake, t) if f.ref.key != late_key])
+        apply()
+        seen.append(current(wh, t))
+        if keep_history:
+            seen.append(history(wh, t))
+        seen.append(
+            wh.query("SELECT * EXCLUDE (applied_at) FROM cdc_state.files ORDER BY object_key").to_pylist()
+        )
+        seen.append(wh.query(f"SELECT * EXCLUDE (applied_at) FROM {APPLIED} ORDER BY identity").to_pylist())
+        seen.append(wh.query(f"SELECT count(*) AS n FROM {CLAIMS}").to_pylist())
+        seen.append(wh.query("SELECT * EXCLUDE (completed_at) FROM cdc_state.loads").to_pylist())
+        return seen
+
+    fast, generic = run(False), run(True)
+    assert fast == generic
+    assert fast[1][:3] == [2, {"I": 2, "U": 1, "D": 0}, 2]  # duplicates dropped; 2 load rows
+    assert fast[1][5] == [seq(11)]  # the load set completed
+    assert fast[2][0] == 1 and fast[2][4] >= 1  # the late file replays key 1's later change
+    assert fast[3] == [{"id": 1, "name": "a-snap", "qty": 1}, {"id": 3, "name": "c-snap", "qty": 3}]
+    assert fast[-2] == [{"n": 0}]  # the claim went with the apply
+
+
+def test_apply_imports_no_pandas(local_lake: LakeStorage, tmp_path: Path) -> None:
+    """pyarrow imports pandas (half a second) on a first Python scalar, Acero or a zoned timestamp's
+    as_py: an apply of ordinary files, with history and without, needs none of them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("pandas")  # else the test proves nothing
+    tables = {"with_history": True, "without_history": False}
+    for name, keep in tables.items():
+        t = cdc_table(name, history=keep)
+        write_cdc(local_lake, t, [I(1, 1, "a"), I(2, 2, "b"), U(3, 1, "a3")], at=T0 + timedelta(seconds=3))
+        write_cdc(local_lake, t, [D(4, 2), I(5, 3, "c")], at=T0 + timedelta(seconds=5))
+    code = f"""
+import json, sys
+from dms_files import cdc_table
+from assets.cdc.apply import apply_tables
+from resources.lake import LocalLake
+from resources.warehouse.duckdb import DuckDBWarehouse
+tables = [cdc_table(name, history=keep) for name, keep in {tables!r}.items()]
+results = apply_tables(LocalLake(root={local_lake.root!r}), DuckDBWarehouse(path={str(tmp_path / "w.duckdb")!r}),
+                       tables)
+print(json.dumps({{"applied": [r.files_applied for r in results.values()],
+                  "pandas": "pandas" in sys.modules, "acero": "pyarrow.acero" in sys.modules}}))
+"""
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(Path(__file__).parent)])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "applied": [2, 2],
+        "pandas": False,
+        "acero": False,
+    }
