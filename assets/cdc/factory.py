@@ -177,8 +177,8 @@ class _Run:
 
 
 # Seconds between a key's materializations in a draining run (beside the freshness policy's
-# minutes; what a pass applies is queryable at once, only its event waits).
-EVENT_EVERY = 20.0
+# two minutes' warning; what a pass applies is queryable at once, only its event waits).
+EVENT_EVERY = 60.0
 _SUMMED = ("files_applied", "inserts", "updates", "deletes", "duplicates_dropped", "quarantined_files")
 
 
