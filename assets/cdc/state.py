@@ -18,6 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
     from assets.cdc.mapping import CdcTable
     from resources.warehouse import Warehouse
 
@@ -78,8 +81,14 @@ def create_state(db: Any) -> None:
 _READY: set[str] = set()
 
 
-def ensure_state(warehouse: Warehouse) -> None:
-    """create_state (and the ledger's tables) in a transaction of its own, once per warehouse and process."""
+def ensure_state(
+    warehouse: Warehouse, begin: Callable[[], AbstractContextManager[Any]] | None = None
+) -> None:
+    """create_state (and the ledger's tables) in a transaction of its own, once per warehouse and process.
+
+    `begin`: a transaction factory of warehouse.transactions() to use (its connection) instead of
+    warehouse.transaction() (a connection of its own).
+    """
     key = f"{type(warehouse).__name__}:{getattr(warehouse, 'path', None) or id(warehouse)}"
     if key in _READY:
         return
@@ -87,7 +96,7 @@ def ensure_state(warehouse: Warehouse) -> None:
     from resources.ledger import FileLedger, _retry_conflicts
 
     def create() -> None:
-        with warehouse.transaction() as db:
+        with (begin or warehouse.transaction)() as db:
             create_state(db)
             FileLedger(warehouse)._create(db)  # the apply writes the ledger's rows in its transaction
 
