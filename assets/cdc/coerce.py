@@ -260,7 +260,7 @@ def _to_timestamp(values: pa.Array, target: pa.DataType, column: str) -> pa.Arra
 def coerce_array(values: pa.Array | pa.ChunkedArray, target: pa.DataType, column: str) -> pa.Array:
     """values converted to target; CoerceError names the column and a value that does not fit."""
     if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()  # (no copy of one)
     if isinstance(values.type, pa.BaseExtensionType):
         values = values.storage
     if pa.types.is_dictionary(values.type):
