@@ -174,6 +174,8 @@ class _Run:
         self.alerted: set[tuple[str, str]] = set()
         self.materialized: dict[dg.AssetKey, float] = {}  # key -> when last materialized
         self.pending: dict[dg.AssetKey, dict[str, Any]] = {}  # applied, not yet materialized
+        self.loaded_status: dict[str, dict[str, Any]] = {}  # target -> status row not yet written
+        self.status_written = time.monotonic()
 
 
 # Seconds between a key's materializations in a draining run (beside the freshness policy's
@@ -245,6 +247,10 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
             break
         time.sleep(config.pause_seconds)
     _log_pending(context, run, force=True)
+    if run.loaded_status:
+        from assets.shared.load_status import record_statuses
+
+        record_statuses(context.resources.warehouse, list(run.loaded_status.values()))
     context.log.info(
         f"cdc_load: {passes} passes in {time.monotonic() - started:.1f} s,"
         f" {sum(run.files.values())} files applied over {len(run.files)} tables"
@@ -331,8 +337,12 @@ def _record_pass(
         run.files[target] = run.files.get(target, 0) + result.files_applied
         run.columns_added.setdefault(target, []).extend(result.columns_added)
         if not result.blocked:
-            statuses.append(
-                status_row(**status, outcome="loaded", rows=result.rows, duration_s=result.seconds)
+            before = run.loaded_status.get(target)
+            run.loaded_status[target] = status_row(
+                **status,
+                outcome="loaded",
+                rows=result.rows + (before["rows"] if before else 0),
+                duration_s=result.seconds + (before["duration_s"] if before else 0.0),
             )
         common: dict[str, Any] = {
             "files_applied": result.files_applied,
@@ -354,6 +364,12 @@ def _record_pass(
                     {**common, "rows_appended": result.history_rows, "table": table.history_table},
                 )
             )
+    # Failures and blocks are written at once; loads with the materializations' cadence (a
+    # status write is a warehouse connection of its own, under load a second a pass).
+    now = time.monotonic()
+    if statuses or now - run.status_written >= EVENT_EVERY:
+        statuses += [run.loaded_status.pop(t) for t in list(run.loaded_status) if t not in run.failed]
+        run.status_written = now
     if statuses:
         record_statuses(warehouse, statuses)
     return applied

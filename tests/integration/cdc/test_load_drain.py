@@ -78,6 +78,14 @@ def test_a_run_drains_files_that_land_while_it_runs(sources, write_mapping, loca
         assert metadata["passes"].value >= 1
         checks = {e.asset_key: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {current_key(a): True, current_key(b): True}
+    # One status row a table, its passes summed (written with the materializations' cadence).
+    status = warehouse.query(
+        "SELECT dataset, outcome, rows FROM platform_status.load_status WHERE domain = 'cdc' ORDER BY dataset"
+    ).to_pylist()
+    assert status == [
+        {"dataset": a.target, "outcome": "loaded", "rows": 2},
+        {"dataset": b.target, "outcome": "loaded", "rows": 1},
+    ]
     # Ended by its idle time, not by the drain's limit.
     assert time.monotonic() - started < 45
 
