@@ -368,7 +368,8 @@ CHECKSUM = textwrap.dedent(
 
     con = duckdb.connect(sys.argv[1], read_only=True)
     tables = [r[0] for r in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name LIKE 't%'",
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_name LIKE 't%'"
+        " AND NOT ends_with(table_name, '__history')",  # --history: the current state only
         [sys.argv[2]]).fetchall()]
     result = {}
     for t in sorted(tables):
