@@ -146,8 +146,15 @@ class FileLedger:
         if not refs:
             return 0
         if session is None:
+            # The check and the insert in one transaction: two runs recording the same file
+            # (concurrent runs of one partition) then see each other's row instead of one
+            # failing on the ledger's key between its check and its insert.
             self._ensure_tables()
-        db = session if session is not None else self.warehouse
+            with self.warehouse.transaction() as tx:
+                return self.record(
+                    target, refs, run_id=run_id, partition_key=partition_key, rows=rows, session=tx
+                )
+        db = session
         fresh = [r for r in sorted(set(refs)) if r.identity not in self._applied_in(db, target, refs)]
         if fresh:
             db.load(APPLIED, self._applied_rows(target, fresh, run_id, partition_key, rows or {}), "append")

@@ -65,7 +65,8 @@ def _reconciliation(instance: dg.DagsterInstance, table: CdcTable) -> str:
     except Exception:
         return ""
     evaluation = getattr(record, "evaluation", None) if record else None
-    if evaluation is None:
+    # A check that is running has a planned event, without metadata, as its latest.
+    if evaluation is None or not hasattr(evaluation, "metadata"):
         return ""
     value = evaluation.metadata.get("consistency")
     return str(getattr(value, "value", value)) if value is not None else ""

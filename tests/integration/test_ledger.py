@@ -89,3 +89,37 @@ def test_bigquery_job_ids_are_stable_and_distinct():
     assert FileLedger.job_id(TARGET, a) != FileLedger.job_id("cdc/customers", a)
     job_id = FileLedger.job_id(TARGET, a)
     assert len(job_id) <= 1024 and job_id.replace("_", "").isalnum()  # BigQuery's job id alphabet
+
+
+def test_two_processes_recording_the_same_files_each_record_once(warehouse):
+    """Concurrent runs of one partition record the same files: neither fails on the ledger's key
+    (the check and the insert are one transaction), and each file is recorded once."""
+    import subprocess
+    import sys
+
+    from resources.settings import PROJECT_ROOT
+
+    code = (
+        "import sys\n"
+        "from resources.ledger import FileLedger, FileRef\n"
+        "from resources.warehouse import DuckDBWarehouse\n"
+        "ledger = FileLedger(DuckDBWarehouse(path=sys.argv[1], lock_timeout=120))\n"
+        "added = sum(ledger.record('t', [FileRef(f'k{i:03d}', 'e'), FileRef(f'k{i + 1:03d}', 'e')])"
+        " for i in range(0, 60, 1))\n"
+        "print(added)\n"
+    )
+    path = str(warehouse.database_path())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, path], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(int(out.strip()) for out, _ in outputs) == 61  # k000..k060, each added by one process
+    rows = warehouse.query(
+        "SELECT count(*) AS n, count(DISTINCT identity) AS d FROM platform_ledger.applied_files"
+    )
+    assert rows.to_pylist() == [{"n": 61, "d": 61}]
