@@ -4,9 +4,9 @@ Starts the whole local stack (`dp up`, its own var directory and Dagster databas
 local directory, where the listing sensor drives the loads, or `--lake s3` for moto S3 with S3
 events on SQS, where moto itself is the bottleneck at this rate) on a mapping of
 `--tables` bench tables, drives `--rate` row changes/s at MariaDB for `--minutes`, and meanwhile
-keeps other runs busy on the same DuckDB warehouse (the demo feed's lake_ops runs, plus a reader
-and a writer process that query and append every few seconds, counting their failures and lock
-waits). Then it waits for the loads to catch up and reads, from every history table, each
+keeps other runs busy on the same DuckDB warehouse (the demo feed's lake_ops runs, plus a process
+that appends and reads every 5 s, each on a connection of its own, counting its failures and
+lock waits). Then it waits for the loads to catch up and reads, from every history table, each
 change's latency: its load time (`_loaded_at`) minus its commit time (`_commit_ts`, one-second
 resolution in the binlog, so figures are +-1 s). It prints p50/p95/max, the consistency of every
 current-state table with its source (dp's reconciliation), run outcomes, CPU seconds and peak
