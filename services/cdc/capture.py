@@ -117,6 +117,10 @@ class _TableState:
     table: CdcTable
     buffer: TableBuffer
     signature: tuple = ()  # the last TableMapEvent's column names and types
+    # The last TableMapEvent's table id: the server gives a table a new id when its definition
+    # changes (a new table share), so an event with the same id needs no signature (a table map
+    # comes before every rows event: building the signature each time cost ~10% of the capture).
+    table_id: int | None = None
 
 
 def _signature(columns: list[Any]) -> tuple:
@@ -415,8 +419,9 @@ class ClusterCapture:
 
     def _table_map(self, event: Any) -> None:
         state = self._state(event.schema, event.table)
-        if state is None:
+        if state is None or (event.table_id == state.table_id and state.signature):
             return
+        state.table_id = event.table_id
         names = [c.name for c in event.columns]
         if any(not n or str(n).startswith("UNKNOWN_COL") for n in names):
             raise CdcSourceError(
