@@ -1173,38 +1173,30 @@ _FILES_SCHEMA = pa.schema(
 
 class _Staged:
     """Arrow tables made visible to SQL: on DuckDB, a registered view of the Arrow table (read in
-    place), or with `copy` a temporary table made from one; elsewhere loaded into staging tables."""
+    place: a statement that reads the rows once reads it as fast as a copy); elsewhere loaded into
+    staging tables."""
 
     def __init__(self, session: Any, views: bool):
         self.session, self.views = session, views
         self.names: list[str] = []
-        self.registered: list[str] = []
 
-    def put(self, what: str, data: pa.Table, copy: bool = False) -> str:
+    def put(self, what: str, data: pa.Table) -> str:
         name = f"_cdc_{what}_{uuid.uuid4().hex[:12]}"
         if self.views:
-            con = self.session.con
-            if not copy:
-                # A statement that reads the rows once reads the Arrow table as fast as a copy of it.
-                con.register(name, data)
-                self.registered.append(name)
-                return name
-            con.register(f"{name}_view", data)
-            try:
-                con.execute(f"CREATE TEMPORARY TABLE {name} AS SELECT * FROM {name}_view")
-            finally:
-                con.unregister(f"{name}_view")
-        else:
-            name = f"{state.SCHEMA}.{name}"
-            self.session.load(name, data, "replace")
+            self.session.con.register(name, data)
+            self.names.append(name)
+            return name
+        name = f"{state.SCHEMA}.{name}"
+        self.session.load(name, data, "replace")
         self.names.append(name)
-        return name if self.views else quote_table(name)
+        return quote_table(name)
 
     def drop(self) -> None:
-        for name in self.registered:
-            self.session.con.unregister(name)
         for name in self.names:
-            self.session.execute(f"DROP TABLE IF EXISTS {name if self.views else quote_table(name)}")
+            if self.views:
+                self.session.con.unregister(name)
+            else:
+                self.session.execute(f"DROP TABLE IF EXISTS {quote_table(name)}")
 
 
 def _key_match(left: str, right: str, keys: list[str]) -> str:

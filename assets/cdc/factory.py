@@ -252,7 +252,7 @@ def _drain(context: dg.AssetExecutionContext, tables: list[CdcTable], config: Lo
     if run.loaded_status:
         from assets.shared.load_status import record_statuses
 
-        record_statuses(context.resources.warehouse, list(run.loaded_status.values()))
+        record_statuses(warehouse, list(run.loaded_status.values()))
     context.log.info(
         f"cdc_load: {passes} passes in {time.monotonic() - started:.1f} s,"
         f" {sum(run.files.values())} files applied over {len(run.files)} tables"
@@ -308,13 +308,13 @@ def _record_pass(
             run.alerted.add((target, what))
             publish_alert(aws, subject, message)
 
-    statuses, applied = [], False
+    statuses, applied, run_id = [], False, context.run.run_id
     for table in tables:
         target, result = table.target, results[table.target]
-        status = {"domain": DOMAIN, "dataset": target, "stage": "load", "partition": "all"}
-        status["run_id"] = context.run.run_id
+        status = {"domain": DOMAIN, "dataset": target, "stage": "load", "partition": "all", "run_id": run_id}
         if isinstance(result, Exception):
             run.failed[target] = f"{type(result).__name__}: {result}"
+            run.loaded_status.pop(target, None)  # an earlier pass's "loaded" must not overwrite it
             statuses.append(status_row(**status, outcome="failed", rows=0, duration_s=seconds, error=result))
             alert(target, "failed", f"CDC load failed: {target}", f"{target}: {run.failed[target]}")
             continue
@@ -370,7 +370,8 @@ def _record_pass(
     # status write is a warehouse connection of its own, under load a second a pass).
     now = time.monotonic()
     if statuses or now - run.status_written >= EVENT_EVERY:
-        statuses += [run.loaded_status.pop(t) for t in list(run.loaded_status) if t not in run.failed]
+        statuses += run.loaded_status.values()
+        run.loaded_status.clear()
         run.status_written = now
     if statuses:
         record_statuses(warehouse, statuses)

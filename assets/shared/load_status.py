@@ -85,26 +85,6 @@ def _schema() -> Any:  # built lazily: pyarrow stays out of the module import
     )
 
 
-def record_status(
-    warehouse: Warehouse,
-    *,
-    domain: str,
-    dataset: str,
-    stage: str,
-    partition: str,
-    outcome: str,
-    rows: int,
-    duration_s: float,
-    error: BaseException | str | None = None,
-    run_id: str | None = None,
-) -> None:
-    """Write (replace) the status row of one load; never raises, so a load's own outcome shows."""
-    record_statuses(
-        warehouse,
-        [
-            status_row(
-                domain=domain, dataset=dataset, stage=stage, partition=partition, outcome=outcome,
-                rows=rows, duration_s=duration_s, error=error, run_id=run_id,
-            )
-        ],
-    )  # fmt: skip
+def record_status(warehouse: Warehouse, **fields: Any) -> None:
+    """Write (replace) the status row of one load (the fields of status_row); never raises."""
+    record_statuses(warehouse, [status_row(**fields)])

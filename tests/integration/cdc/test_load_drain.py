@@ -27,6 +27,13 @@ def _ids(warehouse: DuckDBWarehouse, table) -> list[int]:
     return warehouse.query(f"SELECT id FROM {table.current_table} ORDER BY id")["id"].to_pylist()
 
 
+def _load(defs, selection, instance, resources, run_config=None) -> dg.ExecuteInJobResult:
+    assets = [x for x in defs.assets or [] if isinstance(x, dg.AssetsDefinition | dg.AssetSpec)]
+    return dg.materialize(
+        assets, selection=selection, instance=instance, resources=resources, run_config=run_config
+    )
+
+
 def test_a_run_drains_files_that_land_while_it_runs(sources, write_mapping, local_aws, tmp_path):
     tables = [{"cluster": "main", "table": n, "primary_key": ["id"]} for n in ("a", "b")]
     mapping_dir = write_mapping({"main": sources["main"]}, tables)
@@ -54,15 +61,8 @@ def test_a_run_drains_files_that_land_while_it_runs(sources, write_mapping, loca
     writer.start()
     started = time.monotonic()
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [x for x in defs.assets or [] if isinstance(x, dg.AssetsDefinition | dg.AssetSpec)],
-            selection=loads,
-            instance=instance,
-            resources=resources,
-            run_config={
-                "ops": {LOAD_OP: {"config": {"drain_seconds": 60, "idle_seconds": 3, "pause_seconds": 0.2}}}
-            },
-        )
+        drain = {"drain_seconds": 60, "idle_seconds": 3, "pause_seconds": 0.2}
+        result = _load(defs, loads, instance, resources, {"ops": {LOAD_OP: {"config": drain}}})
         writer.join()
         assert result.success and landed_late.is_set()
         assert _ids(warehouse, a) == [1, 2] and _ids(warehouse, b) == [3]
@@ -92,12 +92,7 @@ def test_a_run_drains_files_that_land_while_it_runs(sources, write_mapping, loca
     # Without config (a manual materialization): one pass, a file landing after it waits.
     write_cdc(lake, a, [_row(4, "fourth")], name="20991231-0000030000.parquet")
     with dg.instance_for_test() as instance:
-        once = dg.materialize(
-            [x for x in defs.assets or [] if isinstance(x, dg.AssetsDefinition | dg.AssetSpec)],
-            selection=loads,
-            instance=instance,
-            resources=resources,
-        )
+        once = _load(defs, loads, instance, resources)
         assert once.success and _ids(warehouse, a) == [1, 2, 4]
         assert len(instance.fetch_materializations(current_key(a), limit=10).records) == 1
         assert instance.fetch_materializations(current_key(b), limit=10).records == []
