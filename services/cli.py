@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from services.cdc.cli import add_parser as add_cdc_parser
 
     add_cdc_parser(sub)
+    from services.shop.cli import add_parser as add_shop_parser
+
+    add_shop_parser(sub)
 
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.cdc.cli import run as run_cdc
 
         return run_cdc(args)
+    if args.command == "shop-traffic":
+        from services.shop.cli import run as run_shop
+
+        return run_shop(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
