@@ -361,7 +361,7 @@ def retention(cache: RedisCache) -> tuple[datetime, datetime] | None:
     if not result:
         return None
     newest = to_utc(_text(result[0]))
-    keep = int(_text(result[1])) if result[1] else DEFAULT_KEEP_HOURS
+    keep = int(_text(result[1])) if len(result) > 1 and result[1] else DEFAULT_KEEP_HOURS
     return newest - timedelta(hours=keep) + WINDOW, newest
 
 
