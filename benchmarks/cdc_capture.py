@@ -14,9 +14,12 @@
              them into dicts) and nothing else: no conversion, no Arrow, no files. Stops at the
              end position. The ceiling of any capture written on mysql-replication.
    platform  services.cdc.capture.run_capture on a mapping of the 20 tables (history off) into a
-             fresh local lake whose checkpoint is set to the start position; stopped when its
-             checkpoint reaches the end position. It converts the rows to the lake's types and
-             writes DMS-format Parquet change files.
+             fresh local lake whose checkpoint is set to the start position, with until= the end
+             position: it stops once its saved checkpoint reaches the end (every change durable in
+             a file). It converts the rows to the lake's types and writes DMS-format Parquet
+             change files. Its end of reading is the moment that checkpoint is saved (the capture
+             sets its stop event then; a thread waiting on the event notes the time), not the
+             process exit, which waits up to a heartbeat (0.5 s) for the reader to notice.
 
    "Reading" starts once each child has imported what it needs (the platform child also imports
    what the capture imports lazily: mysql-replication, SQLAlchemy, and pandas, which pyarrow pulls
@@ -122,15 +125,15 @@ BARE = textwrap.dedent(
             ops[kind] += n
         if (int(stream.log_file.rsplit(".", 1)[1]), stream.log_pos) >= end:
             break
+    done = time.time()
     stream.close()
     with open(sys.argv[1], "w") as fh:
-        json.dump({{"ops": ops, "ready": ready}}, fh)
+        json.dump({{"ops": ops, "ready": ready, "done": done}}, fh)
     """
 )
 
 # argv: result file, range JSON, work directory (the lake goes under it), mapping directory.
-# The checkpoint is set to the start; a watcher stops the capture once its checkpoint (saved after
-# each flush) reaches the end position.
+# The checkpoint is set to the start; the capture stops itself once its checkpoint reaches the end.
 PLATFORM = textwrap.dedent(
     f"""
     import json, logging, sys, threading, time
@@ -140,33 +143,25 @@ PLATFORM = textwrap.dedent(
     from assets.cdc.mapping import load_mapping
     from resources.lake import LocalLake
     from services.cdc.capture import run_capture
-    from assets.cdc.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from assets.cdc.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     r, work = json.loads(sys.argv[2]), Path(sys.argv[3])
-    end = (binlog_number(r["end"][0]), r["end"][1])
     lake = LocalLake(root=str(work / "lake"))
     save_checkpoint(lake, Checkpoint("{CLUSTER}", r["start"][0], r["start"][1]))
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            try:
-                cp = load_checkpoint(lake, "{CLUSTER}")
-            except CheckpointError:  # caught mid-write
-                cp = None
-            if cp is not None and (binlog_number(cp.log_file), cp.log_pos) >= end:
-                stop.set()
-            time.sleep(0.02)
-
-    threading.Thread(target=watch, daemon=True).start()
+    stop, done = threading.Event(), []
+    # no CPU while waiting: the capture sets the event when its checkpoint reaches the end
+    threading.Thread(target=lambda: (stop.wait(), done.append(time.time())), daemon=True).start()
     # Start-up the capture does lazily, done before the clock starts as the bare loop's import of
     # mysql-replication is: the binlog library, SQLAlchemy's URL parser (connection settings) and
     # pandas, which pyarrow imports on its first pa.array. The whole-process column still counts them.
     import pymysqlreplication.row_event, sqlalchemy.engine, pyarrow
     pyarrow.array([0])
     ready = time.time()
-    written = run_capture(load_mapping(Path(sys.argv[4])), lake, ["{CLUSTER}"], stop=stop)
+    written = run_capture(load_mapping(Path(sys.argv[4])), lake, ["{CLUSTER}"], stop=stop,
+                          until=tuple(r["end"]))
+    cp = load_checkpoint(lake, "{CLUSTER}")
+    assert (binlog_number(cp.log_file), cp.log_pos) >= (binlog_number(r["end"][0]), r["end"][1]), cp
     with open(sys.argv[1], "w") as fh:
-        json.dump({{"written": written, "ready": ready}}, fh)
+        json.dump({{"written": written, "ready": ready, "done": done[0]}}, fh)
     """
 )
 
@@ -300,7 +295,7 @@ def main() -> None:
                     if ops != made["ops"]:
                         raise SystemExit(f"{key}: saw {ops}, the traffic made {made['ops']}")
                     seen[key] = ops
-                    run = replace(run, reading=run.wall - (result["ready"] - run.started))
+                    run = replace(run, reading=result["done"] - result["ready"])
                     runs[key].append(run)
                     print(
                         f"  round {round_no}  {key:<9}{run.wall:>7.2f} s wall{run.cpu:>7.2f} CPU-s"

@@ -5,9 +5,11 @@ cluster, each in its own thread. Row changes of mapped tables are converted
 (assets.cdc.types) and buffered per table; rows of the open transaction stay
 pending until its commit (XidEvent, or a COMMIT/DDL query event). At a
 transaction boundary, when a table's committed buffer reaches flush_rows or
-about flush_bytes, or flush_seconds after its first committed change, every
-non-empty buffer of the cluster is written (one Parquet file per table), and
-only then is the checkpoint (binlog file and position of that boundary) saved.
+about flush_bytes, or flush_seconds after its first committed change, or when
+the server's heartbeat says the binlog has gone quiet (a batch no longer grows:
+waiting longer would only add latency), every non-empty buffer of the cluster
+is written (one Parquet file per table), and only then is the checkpoint
+(binlog file and position of that boundary) saved.
 
 Restart after a crash resumes at the checkpoint: changes after it are read
 again and may be written a second time, with the same AR_H_CHANGE_SEQ (binlog
@@ -18,7 +20,8 @@ On stop (SIGTERM, SIGINT, --stop-after) the open transaction's rows are
 dropped (they are re-read after the restart, as they would be after a crash),
 the committed ones written, the checkpoint saved, and the process exits 0.
 
-    python -m services.cdc.capture [--cluster NAME ...] [--mapping DIR] [--stop-after S] [--progress]
+    python -m services.cdc.capture [--cluster NAME ...] [--mapping DIR] [--stop-after S]
+                                   [--until FILE:POS] [--progress]
 """
 
 from __future__ import annotations
@@ -139,9 +142,13 @@ def run_capture(
     *,
     stop: threading.Event | None = None,
     stop_after_seconds: float | None = None,
+    until: tuple[str, int] | None = None,
     progress: bool = False,
 ) -> int:
     """Capture the clusters' binlogs until `stop` is set or the time is up; return the changes written.
+
+    `until` (binlog file, position; one cluster only, positions are per server): stop once the saved
+    checkpoint has reached it, i.e. everything before it is in files (`stop` is set then).
 
     An error in one cluster's reader stops the others (they write what they
     hold and save their checkpoints) and is raised.
@@ -150,6 +157,8 @@ def run_capture(
     unknown = [n for n in names if n not in mapping.clusters]
     if unknown:
         raise CaptureError(f"clusters {unknown} are not in the mapping (known: {sorted(mapping.clusters)})")
+    if until is not None and len(names) != 1:
+        raise CaptureError(f"until {until} is a position of one server: name one cluster, not {names}")
     stop = stop or threading.Event()
     deadline = None if stop_after_seconds is None else time.monotonic() + stop_after_seconds
     readers = []
@@ -157,7 +166,7 @@ def run_capture(
         if not mapping.for_cluster(name):
             log.info("cdc capture %s: no enabled tables in the mapping; not reading its binlog", name)
             continue
-        readers.append(ClusterCapture(mapping, name, lake, stop, deadline, progress))
+        readers.append(ClusterCapture(mapping, name, lake, stop, deadline, progress, until))
     if not readers:
         return 0
     threads = [
@@ -193,6 +202,7 @@ class ClusterCapture:
         stop: threading.Event,
         deadline: float | None,
         progress: bool = False,
+        until: tuple[str, int] | None = None,
     ) -> None:
         self.mapping = mapping
         self.cluster = mapping.clusters[cluster]
@@ -202,6 +212,9 @@ class ClusterCapture:
         self.deadline = deadline
         self.progress = progress
         self.defaults = mapping.defaults
+        self.until = None if until is None else (dms.binlog_number(until[0]), until[1])
+        # Only the stores run in parallel (an S3 PUT is a round trip); the files are encoded one by one
+        # on the writer thread, so encoding takes at most one core from the reader.
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"cdc-upload-{cluster}")
         self.written = 0
         self.error: BaseException | None = None
@@ -324,7 +337,7 @@ class ClusterCapture:
                     elif isinstance(event, RotateEvent) and not self.in_txn:
                         self.boundary = (event.next_binlog, event.position)
                     if not self.in_txn:
-                        self._maybe_flush()
+                        self._maybe_flush(idle=isinstance(event, HeartbeatLogEvent))
                     if self.progress and time.monotonic() - last_progress >= PROGRESS_SECONDS:
                         last_progress = time.monotonic()
                         self._report_progress(stream.log_file, stream.log_pos)
@@ -492,7 +505,7 @@ class ClusterCapture:
         self.boundary_gtid = self.gtid
 
     # --- flushing -----------------------------------------------------------------------
-    def _maybe_flush(self) -> None:
+    def _maybe_flush(self, idle: bool = False) -> None:
         d = self.defaults
         now = time.monotonic()
         due = False
@@ -501,13 +514,14 @@ class ClusterCapture:
             if not b.committed:
                 continue
             if (
-                b.committed >= d.flush_rows
+                idle
+                or b.committed >= d.flush_rows
                 or b.committed_bytes >= d.flush_bytes
                 or (b.first_committed_at is not None and now - b.first_committed_at >= d.flush_seconds)
             ):
                 due = True
         if due:
-            self._flush("due")
+            self._flush("idle" if idle else "due")
         elif (
             self.boundary != self.saved
             and now - self.saved_at >= IDLE_CHECKPOINT_SECONDS
@@ -538,21 +552,21 @@ class ClusterCapture:
     def _write(self, flush: _Flush) -> None:
         """Convert and store the flush's files, then save its checkpoint (the writer thread)."""
         tables = [(t, batch.first_commit_day(), batch.to_table()) for t, batch in flush.files]
-        # All converted first: a value that fails writes none of them. The files are stored in
-        # parallel (one PUT each on S3, where a round trip, not the bytes, is the cost), and the
-        # checkpoint is saved only once every one of them is.
-        keys = [
-            dms_object_key(self.cluster.name, t.database, t.table, day, self.namer.next(t.database, t.table))
-            for t, day, _ in tables
-        ]
-        files = [(key, table) for key, (_, _, table) in zip(keys, tables, strict=True)]
-
-        def store(item: tuple[str, Any]) -> None:
-            self.lake.put_bytes(item[0], encode_parquet(item[1]))
-
-        list(self._uploads.map(store, files))  # raises the first failure: no checkpoint then
+        # All converted and encoded first: a value that fails writes none of them. The files are
+        # stored in parallel (one PUT each on S3, where a round trip, not the bytes, is the cost),
+        # and the checkpoint is saved only once every one of them is.
         cluster = self.cluster.name
+        files = [
+            (
+                dms_object_key(cluster, t.database, t.table, day, self.namer.next(t.database, t.table)),
+                encode_parquet(table),
+            )
+            for t, day, table in tables
+        ]
+        list(self._uploads.map(lambda item: self.lake.put_bytes(*item), files))  # raises the first failure
         save_checkpoint(self.lake, Checkpoint(cluster, flush.boundary[0], flush.boundary[1], flush.gtid))
+        if self.until is not None and (dms.binlog_number(flush.boundary[0]), flush.boundary[1]) >= self.until:
+            self.stop.set()
         if tables:
             changes = sum(table.num_rows for _, _, table in tables)
             self.written += changes
@@ -594,8 +608,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stop-after", type=float, default=None, metavar="SECONDS", help="stop after this long"
     )
+    parser.add_argument(
+        "--until",
+        default=None,
+        metavar="FILE:POS",
+        help="stop once everything before this binlog position is in files (e.g. mysql-bin.000042:1234)",
+    )
     parser.add_argument("--progress", action="store_true", help="log the position every few seconds")
     args = parser.parse_args(argv)
+    until = None
+    if args.until:
+        file, _, pos = args.until.rpartition(":")
+        if not file or not pos.isdigit():
+            parser.error(f"--until {args.until!r}: expected BINLOG_FILE:POSITION, e.g. mysql-bin.000042:1234")
+        until = (file, int(pos))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     # The binlog library logs its connection parameters at INFO on every start.
     logging.getLogger("pymysqlreplication").setLevel(logging.WARNING)
@@ -614,7 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         mapping = load_mapping(args.mapping)
         lake = build_resources()["lake"]
         written = run_capture(
-            mapping, lake, args.cluster, stop=stop, stop_after_seconds=args.stop_after, progress=args.progress
+            mapping,
+            lake,
+            args.cluster,
+            stop=stop,
+            stop_after_seconds=args.stop_after,
+            until=until,
+            progress=args.progress,
         )
     except Exception as exc:
         print(f"dp cdc capture: {exc}", file=sys.stderr)

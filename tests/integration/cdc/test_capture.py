@@ -415,3 +415,39 @@ def test_module_entry_point_rejects_unknown_cluster(
     assert proc.returncode == 1
     assert "clusters ['nope'] are not in the mapping (known: ['main', 'second'])" in proc.stderr
     assert not os.path.exists(tmp_path / "lake" / "landing")
+
+
+def test_quiet_binlog_flushes_at_once_and_until_stops_at_a_position(
+    sources: dict[str, SourceDb], write_mapping: MappingWriter, local_lake: LakeStorage
+) -> None:
+    """A batch is written when the binlog goes quiet, not flush_seconds later; `until` stops the capture
+    once everything before the position is in files."""
+    main = sources["main"]
+    main.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+    # flush_seconds far beyond the test's waits: only the quiet-binlog flush can write the file
+    mapping_dir = write_mapping({"main": main}, [{"cluster": "main", "table": "t", "primary_key": ["id"]}],
+                                flush_seconds=600)  # fmt: skip
+    capture = CaptureThread(mapping_dir, local_lake)
+    wait_for(started(local_lake, "main"), 20, "the initial checkpoint")
+    main.execute("INSERT INTO t VALUES (1, 1), (2, 2)", "UPDATE t SET v = 3 WHERE id = 1")
+    wait_for(lambda: count(local_lake, main, "t") == 3, 10, "the file written once the binlog is quiet")
+    capture.finish()
+
+    with main.connect() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM t WHERE id = 2")
+        cur.execute("SHOW MASTER STATUS")
+        log_file, log_pos = cur.fetchone()[:2]
+    stop = threading.Event()
+    run_capture(load_mapping(mapping_dir), local_lake, stop=stop, until=(log_file, int(log_pos)),
+                stop_after_seconds=60)  # fmt: skip
+    assert stop.is_set(), "the capture ended without reaching its position (stop_after_seconds ran out)"
+    checkpoint = load_checkpoint(local_lake, "main")
+    assert checkpoint is not None
+    assert (dms.binlog_number(checkpoint.log_file), checkpoint.log_pos) >= (
+        dms.binlog_number(log_file),
+        int(log_pos),
+    )
+    ops = [r["Op"] for r in read_changes(local_lake, "main", main.database, "t")[0].to_pylist()]
+    assert ops == ["I", "I", "U", "D"]
+    with pytest.raises(CaptureError, match="a position of one server: name one cluster"):
+        run_capture(load_mapping(write_mapping(sources, [])), local_lake, until=(log_file, 4))
