@@ -253,3 +253,17 @@ def test_openapi_documents_models_and_errors(client: TestClient) -> None:
     assert set(latest) >= {"200", "401", "404", "422", "503"}
     assert latest["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_cli_parser_and_token_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from services.store_api import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["store-api", "--workers", "2"])
+    assert (args.command, args.host, args.port, args.workers) == ("store-api", "127.0.0.1", 8600, 2)
+    monkeypatch.delenv("STORE_API_TOKEN", raising=False)
+    assert cli.run(args) == 2
+    assert "STORE_API_TOKEN" in capsys.readouterr().err
