@@ -234,7 +234,7 @@ class WarehouseReader:
         except WarehouseBusy as exc:
             return Dependency(ok=False, detail=str(exc))
         if rows is None:
-            return Dependency(ok=True, detail=f"{self.describe()}: reachable, {TABLE} not created yet")
+            return Dependency(ok=True, detail=f"{self.describe()}: {TABLE} (or the database) not created yet")
         return Dependency(ok=True, detail=f"{self.describe()}: {TABLE} readable")
 
 
