@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from services.shop.cli import add_parser as add_shop_parser
 
     add_shop_parser(sub)
+    from services.store_api.cli import add_parser as add_store_api_parser
+
+    add_store_api_parser(sub)
 
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
@@ -187,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.cdc.cli import run as run_cdc
 
         return run_cdc(args)
+    if args.command == "store-api":
+        from services.store_api.cli import run as run_store_api
+
+        return run_store_api(args)
     if args.command == "shop-traffic":
         from services.shop.cli import run as run_shop
 
