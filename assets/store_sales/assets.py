@@ -1,0 +1,104 @@
+"""store_sales_30min: per-store sales of every 30-minute window (UTC), from the shop's CDC tables.
+
+A partition is one window ("2026-11-24-10:30" is [10:30, 11:00) UTC). Its run computes the
+window in the warehouse (assets.store_sales.windows), replaces the window's rows in
+store_sales.store_sales_30min in one transaction, then publishes the window to Redis
+(assets.store_sales.serving) when it started within the last 48 hours, the span Redis keeps.
+Runs are started by store_sales_windows_sensor (assets.store_sales.sensors): once a window has
+closed and the CDC loads have caught up with its end, and again when late changes touch it.
+"""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import dagster as dg
+
+from assets.cdc.factory import current_key
+from assets.cdc.mapping import load_mapping
+from assets.shared.conventions import domain_asset_args
+from assets.store_sales import serving
+from assets.store_sales.windows import CLUSTER, SOURCES, TABLE
+
+DOMAIN = "store_sales"
+KEY = dg.AssetKey("store_sales_30min")
+FMT = "%Y-%m-%d-%H:%M"
+PARTITIONS = dg.TimeWindowPartitionsDefinition(
+    cron_schedule="*/30 * * * *", start=datetime(2026, 11, 1, tzinfo=UTC), fmt=FMT, timezone="UTC"
+)
+KEEP_HOURS = serving.DEFAULT_KEEP_HOURS
+# The target is the API showing a window within 2 minutes of its close; a window is due at its
+# close and is late when its partition is not there 40 minutes after (the next window closed).
+FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(minutes=40), warn_window=timedelta(minutes=5)
+)
+
+
+def source_keys() -> list[dg.AssetKey]:
+    """The current-state assets of the four shop tables the windows read."""
+    mapping = load_mapping()
+    return [current_key(mapping.by_target(f"{CLUSTER}.{name}")) for name in SOURCES]
+
+
+def window_of(partition_key: str) -> datetime:
+    return datetime.strptime(partition_key, FMT).replace(tzinfo=UTC)
+
+
+def partition_of(start: datetime) -> str:
+    return serving.to_utc(start).strftime(FMT)
+
+
+@dg.asset(
+    key=KEY,
+    deps=source_keys(),
+    partitions_def=PARTITIONS,
+    description="Per store and 30-minute window (UTC): gross and net sales, refunds, orders, items,"
+    " average basket and late changes; history in the warehouse, the last 48 h in Redis.",
+    kinds={"duckdb", "redis"},
+    metadata={"table": TABLE},
+    freshness_policy=FRESHNESS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "window_matches_recomputation",
+            asset=KEY,
+            blocking=True,
+            description="The window's rows equal a recomputation in Python from plain reads of the CDC"
+            " tables.",
+        ),
+        dg.AssetCheckSpec(
+            "redis_matches_warehouse",
+            asset=KEY,
+            description="The newest windows in Redis equal the warehouse's rows (the API's JSON).",
+        ),
+    ],
+    required_resource_keys={"warehouse", "cache"},
+    **domain_asset_args(DOMAIN),
+)
+def store_sales_30min(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from assets.store_sales.checks import recomputation_result, redis_result
+    from assets.store_sales.windows import compute_window, write_window
+
+    start = window_of(context.partition_key)
+    warehouse, cache = context.resources.warehouse, context.resources.cache
+    now = datetime.now(UTC)
+    rows = compute_window(warehouse, start, now)
+    write_window(warehouse, start, rows)
+    served: list[str] = []
+    if start + serving.WINDOW > now - timedelta(hours=KEEP_HOURS):
+        serving.publish_window(cache, start, rows, keep_hours=KEEP_HOURS)
+        served = [serving.window_key(cache, start)]
+    else:
+        context.log.info(
+            f"window {context.partition_key} is older than {KEEP_HOURS} h: not published to Redis"
+        )
+    net = sum((r["net_sales"] for r in rows), Decimal("0"))
+    return dg.MaterializeResult(
+        metadata={
+            "stores": len(rows),
+            "orders": sum(r["order_count"] for r in rows),
+            "net_sales": float(net),
+            "net_sales_text": serving.money(net),
+            "late_changes": sum(r["late_changes"] for r in rows),
+            "served_keys": dg.MetadataValue.json(served),
+        },
+        check_results=[recomputation_result(warehouse, start), redis_result(cache, warehouse)],
+    )
