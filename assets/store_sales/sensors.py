@@ -16,14 +16,15 @@ import dagster as dg
 from assets.store_sales.assets import KEEP_HOURS, KEY, PARTITIONS, partition_of, store_sales_30min
 from assets.store_sales.serving import WINDOW
 from assets.store_sales.windows import cdc_watermark, late_counts
+from resources.warehouse import Warehouse
 
-MAX_REQUESTS = 24  # per tick, oldest first: a first start after a pause catches up over a few ticks
+MAX_REQUESTS = 24  # per tick, newest first: a first start after a pause catches up over a few ticks
 
 
 def due_windows(
     watermark: datetime | None, now: datetime, late: dict[datetime, int], done: dict[str, int]
 ) -> list[tuple[str, int]]:
-    """(partition, late changes) of the windows to run, oldest first."""
+    """(partition, late changes) of the windows to run, newest first (the API serves the newest)."""
     if watermark is None:
         return []
     first = max(PARTITIONS.start, now - timedelta(hours=KEEP_HOURS))
@@ -37,7 +38,7 @@ def due_windows(
         if done.get(key) != n:
             out.append((key, n))
         start += WINDOW
-    return out[:MAX_REQUESTS]
+    return out[::-1][:MAX_REQUESTS]
 
 
 @dg.sensor(
@@ -45,12 +46,10 @@ def due_windows(
     target=[store_sales_30min],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    required_resource_keys={"warehouse"},
     description="Runs a 30-minute window once it closed and the CDC loads reached its end; again"
     " when late changes touch it.",
 )
-def store_sales_windows_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    warehouse = context.resources.warehouse
+def store_sales_windows_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse) -> dg.SensorResult:
     now = datetime.now(UTC)
     done: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     watermark = cdc_watermark(warehouse)

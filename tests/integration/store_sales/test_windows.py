@@ -1,0 +1,345 @@
+"""store_sales_30min end to end on real services: shop traffic in MariaDB -> the CDC capture (binlog)
+-> DMS files in a local lake -> the CDC load asset -> two window partitions materialized -> the
+warehouse table and Redis; a late refund re-aggregates its window; the checks and the sensor.
+
+The traffic's clock runs 300 times faster than real time from a window three hours back, so
+one minute of simulated sales takes 0.2 s and two windows fill in about 12 s. The figures are
+asserted against a computation of the test's own from the MariaDB rows (the asset never reads
+MariaDB).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pymysql
+import pytest
+import yaml
+
+from assets.cdc.definitions import build
+from assets.store_sales import serving
+from assets.store_sales.assets import KEY, partition_of, store_sales_30min
+from assets.store_sales.checks import REDIS, redis_result
+from assets.store_sales.sensors import store_sales_windows_sensor
+from assets.store_sales.windows import TABLE, read_window
+from resources.cache import RedisCache
+from resources.lake import LocalLake
+from resources.settings import PROJECT_ROOT
+from resources.warehouse import DuckDBWarehouse
+from services.shop.schema import ensure_shop_schema
+from services.shop.traffic import late_refund, run_shop_traffic
+
+URL = "mysql+pymysql://root@127.0.0.1:3306"
+SPEED = 300.0
+_server_ids = itertools.count(int(uuid.uuid4().int % 1_000_000) * 100 + 5000)
+
+
+def _mysql(database: str) -> Any:
+    return pymysql.connect(
+        host="127.0.0.1", port=3306, user="root", password="", database=database, autocommit=True
+    )
+
+
+@pytest.fixture
+def shop_db() -> Iterator[str]:
+    name = f"shop_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    except pymysql.err.OperationalError as exc:
+        pytest.fail(f"MariaDB at 127.0.0.1:3306 is not reachable ({exc}); run scripts/services.sh")
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def _mapping(tmp_path: Path, database: str) -> Path:
+    """The shop mapping (platform/catalogs/cdc/shop.yaml) on the test's database, cluster main."""
+    shop = yaml.safe_load((PROJECT_ROOT / "platform/catalogs/cdc/shop.yaml").read_text())
+    doc = {
+        "defaults": {"flush_seconds": 0.5},
+        "clusters": [{"name": "main", "local_url": URL, "server_id": next(_server_ids)}],
+        "tables": [{**t, "database": database} for t in shop["tables"]],
+    }
+    directory = tmp_path / "mapping"
+    directory.mkdir()
+    (directory / "shop.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return directory
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _caught_up(lake: LocalLake, database: str) -> None:
+    """Wait until the capture's checkpoint is at or past the server's current binlog position."""
+    with _mysql(database) as conn, conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        log_file, log_pos = cur.fetchone()[:2]
+    key = "landing/cdc/main/_capture_checkpoint.json"
+
+    def passed() -> bool:
+        if not lake.exists(key):
+            return False
+        cp = json.loads(lake.get_bytes(key))
+        return cp["log_file"] > log_file or (cp["log_file"] == log_file and cp["log_pos"] >= log_pos)
+
+    _wait_for(passed, 60, "the capture to reach the last change")
+    time.sleep(1.0)
+
+
+def _expected(database: str, start: datetime) -> dict[int, dict[str, Any]]:
+    """The window's figures from MariaDB, computed here in Python; late_changes as every change
+    after the sale (all of them are committed after the simulated window's end): one refund row
+    and one order update per refund, an order and a payment update per cancellation."""
+    end = start + serving.WINDOW
+    lo, hi = start.replace(tzinfo=None), end.replace(tzinfo=None)
+    with _mysql(database) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(
+            "SELECT id, store_id, status FROM orders WHERE ordered_at >= %s AND ordered_at < %s", (lo, hi)
+        )
+        orders = {r["id"]: r for r in cur.fetchall()}
+        cur.execute("SELECT order_id, amount, status FROM payments")
+        payments = {r["order_id"]: r for r in cur.fetchall() if r["order_id"] in orders}
+        cur.execute("SELECT order_id, quantity FROM order_items")
+        items = [r for r in cur.fetchall() if r["order_id"] in orders]
+        cur.execute("SELECT order_id, amount FROM refunds")
+        refunds = [r for r in cur.fetchall() if r["order_id"] in orders]
+    out: dict[int, dict[str, Any]] = {}
+    for o in orders.values():
+        f = out.setdefault(
+            o["store_id"],
+            {
+                "gross": Decimal(0),
+                "refunds": Decimal(0),
+                "refund_count": 0,
+                "orders": 0,
+                "items": 0,
+                "late": 0,
+            },
+        )
+        if o["status"] == "cancelled":
+            f["late"] += 2
+            continue
+        assert payments[o["id"]]["status"] == "captured"
+        f["gross"] += payments[o["id"]]["amount"]
+        f["orders"] += 1
+    for i in items:
+        if orders[i["order_id"]]["status"] != "cancelled":
+            out[orders[i["order_id"]]["store_id"]]["items"] += i["quantity"]
+    for r in refunds:
+        f = out[orders[r["order_id"]]["store_id"]]
+        f["refunds"] += r["amount"]
+        f["refund_count"] += 1
+        f["late"] += 2
+    return out
+
+
+def _assert_window(warehouse: DuckDBWarehouse, database: str, start: datetime) -> list[dict[str, Any]]:
+    rows = read_window(warehouse, start)
+    expected = _expected(database, start)
+    assert expected, f"the traffic placed no orders in the window {start}"
+    assert {r["store_id"] for r in rows} == set(expected)
+    for r in rows:
+        e = expected[r["store_id"]]
+        assert r["gross_sales"] == e["gross"], r
+        assert r["refund_amount"] == e["refunds"], r
+        assert r["net_sales"] == e["gross"] - e["refunds"], r
+        assert (r["refund_count"], r["order_count"], r["product_count"]) == (
+            e["refund_count"],
+            e["orders"],
+            e["items"],
+        ), r
+        basket = (e["gross"] / e["orders"]).quantize(Decimal("0.01")) if e["orders"] else Decimal("0.00")
+        assert abs(r["avg_basket"] - basket) <= Decimal("0.01"), r
+        assert r["late_changes"] == e["late"], r
+        assert r["window_end"] - r["window_start"] == timedelta(minutes=30)
+    return rows
+
+
+def _redis_rows(cache: RedisCache, start: datetime) -> dict[int, str]:
+    raw = cache.client().hgetall(serving.window_key(cache, start))
+    return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+
+@pytest.mark.timeout(300)
+def test_windows_from_live_cdc_with_a_late_refund(
+    shop_db: str, tmp_path: Path, local_aws: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_shop_schema(URL, shop_db, stores=12, products=60)
+    mapping_dir = _mapping(tmp_path, shop_db)
+    lake_root = tmp_path / "lake"
+    monkeypatch.setenv("PLATFORM_CDC_MAPPING", str(mapping_dir))
+    monkeypatch.setenv("PLATFORM_LAKE_DIR", str(lake_root))
+    lake = LocalLake(root=str(lake_root))
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb"))
+    cache = RedisCache(url="redis://127.0.0.1:6379/0", key_prefix=redis_prefix)
+    env = dict(os.environ)
+    env.update(PLATFORM_PROFILE="local", PLATFORM_VAR_DIR=str(tmp_path / "var"))
+
+    now = datetime.now(UTC)
+    base = now.replace(minute=0 if now.minute < 30 else 30, second=0, microsecond=0) - timedelta(hours=3)
+    w1, w2 = base, base + serving.WINDOW
+    t0 = time.monotonic()
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=(time.monotonic() - t0) * SPEED)
+
+    with open(tmp_path / "capture.log", "ab") as log:
+        capture = subprocess.Popen(
+            [sys.executable, "-m", "services.cdc.capture", "--mapping", str(mapping_dir)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(
+            lambda: lake.exists("landing/cdc/main/_capture_checkpoint.json"), 30, "the capture to start"
+        )
+        t0 = time.monotonic()
+        stats = run_shop_traffic(
+            URL,
+            shop_db,
+            orders_per_second=15,
+            seconds=2 * 30 * 60 / SPEED - 0.5,  # stays inside the two windows
+            seed=7,
+            cancel_share=0.1,
+            refund_share=0.2,
+            cancel_delay=(0.05, 0.3),
+            refund_delay=(0.05, 0.3),
+            clock=clock,
+        )
+        assert stats.orders > 20 and stats.refunds > 0 and stats.cancellations > 0, stats.summary()
+        _caught_up(lake, shop_db)
+
+        cdc_defs = build(str(mapping_dir))
+        cdc_assets = [a for a in cdc_defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+        cdc_resources = {"lake": lake, "warehouse": warehouse, "aws": local_aws}
+        resources = {"warehouse": warehouse, "cache": cache}
+
+        with dg.instance_for_test() as instance:
+            assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
+
+            # The sensor asks for both windows (closed, and the CDC data is past their ends).
+            with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse}) as ctx:
+                first = store_sales_windows_sensor(ctx)
+            assert isinstance(first, dg.SensorResult)
+            asked = {r.partition_key: r.run_key for r in first.run_requests or []}
+            assert partition_of(w1) in asked and partition_of(w2) in asked
+            assert asked[partition_of(w1)] == f"{partition_of(w1)}:{_late_total(warehouse, w1)}"
+
+            for start in (w1, w2):
+                result = dg.materialize(
+                    [store_sales_30min],
+                    partition_key=partition_of(start),
+                    resources=resources,
+                    instance=instance,
+                )
+                assert result.success
+                evaluations = result.get_asset_check_evaluations()
+                assert {e.check_name: e.passed for e in evaluations} == {
+                    "window_matches_recomputation": True,
+                    REDIS: True,
+                }
+                materialization = result.asset_materializations_for_node("store_sales_30min")[0]
+                assert materialization.metadata["served_keys"].value == [serving.window_key(cache, start)]
+
+            before = {start: _assert_window(warehouse, shop_db, start) for start in (w1, w2)}
+            for start, rows in before.items():  # Redis holds exactly the warehouse's rows
+                assert _redis_rows(cache, start) == {r["store_id"]: serving.encode_row(r) for r in rows}
+
+            # A late refund of a sale of the first (closed, published) window.
+            with _mysql(shop_db) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT o.id, o.store_id FROM orders o JOIN payments p ON p.order_id = o.id"
+                    " WHERE o.status = 'paid' AND o.ordered_at >= %s AND o.ordered_at < %s ORDER BY o.id LIMIT 1",
+                    (w1.replace(tzinfo=None), (w1 + serving.WINDOW).replace(tzinfo=None)),
+                )
+                order_id, store_id = cur.fetchone()
+            late_refund(URL, shop_db, order_id, amount="1.25")
+            _caught_up(lake, shop_db)
+            assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
+
+            # The sensor asks for the first window again, under a new run key; not for the second (older
+            # windows of the 48 hours, with no sales, come in later ticks: 24 a tick, newest first).
+            with dg.build_sensor_context(
+                instance=instance, resources={"warehouse": warehouse}, cursor=first.cursor
+            ) as ctx:
+                second = store_sales_windows_sensor(ctx)
+            assert isinstance(second, dg.SensorResult)
+            again = {r.partition_key: r.run_key for r in second.run_requests or []}
+            assert partition_of(w1) in again and partition_of(w2) not in again, again
+            assert all(k < partition_of(w1) for k in again if k != partition_of(w1))
+            assert again[partition_of(w1)] != asked[partition_of(w1)]
+
+            assert dg.materialize(
+                [store_sales_30min], partition_key=partition_of(w1), resources=resources, instance=instance
+            ).success
+        after = {r["store_id"]: r for r in _assert_window(warehouse, shop_db, w1)}
+        old = {r["store_id"]: r for r in before[w1]}
+        assert after[store_id]["net_sales"] == old[store_id]["net_sales"] - Decimal("1.25")
+        assert after[store_id]["refund_count"] == old[store_id]["refund_count"] + 1
+        assert after[store_id]["late_changes"] >= 1
+        assert after[store_id]["late_changes"] == old[store_id]["late_changes"] + 2  # refund + order status
+        assert (
+            serving.decode_row(_redis_rows(cache, w1)[store_id])["net_sales"] == after[store_id]["net_sales"]
+        )
+        assert _redis_rows(cache, w1) == {r["store_id"]: serving.encode_row(r) for r in after.values()}
+        count = warehouse.query(f"SELECT count(*) AS n FROM {TABLE}")["n"][0].as_py()
+        assert count == len(after) + len(before[w2])  # the window was replaced, not appended
+
+        # The Redis check passes, then fails once a served row is corrupted.
+        assert redis_result(cache, warehouse).passed
+        key = serving.window_key(cache, w1)
+        row = json.loads(_redis_rows(cache, w1)[store_id])
+        row["net_sales"] = "999999.99"
+        cache.client().hset(key, str(store_id), json.dumps(row, separators=(",", ":")))
+        failed = redis_result(cache, warehouse)
+        assert not failed.passed
+        assert failed.metadata["differing"].value == {serving.window_token(w1): [store_id]}
+    finally:
+        capture.terminate()
+        capture.wait(30)
+        cache.client().close()
+
+
+def _late_total(warehouse: DuckDBWarehouse, start: datetime) -> int:
+    from assets.store_sales.windows import late_fingerprint
+
+    return late_fingerprint(warehouse, start)
+
+
+def test_the_asset_is_partitioned_every_30_minutes_in_utc() -> None:
+    partitions = store_sales_30min.partitions_def
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    assert partitions.get_partition_keys(datetime(2026, 11, 1, 1, 5, tzinfo=UTC)) == [
+        "2026-11-01-00:00",
+        "2026-11-01-00:30",
+    ]
+    assert store_sales_30min.group_names_by_key[KEY] == "store_sales"
+    assert {k.path[-2] for k in store_sales_30min.asset_deps[KEY]} == {
+        "shop_orders",
+        "shop_order_items",
+        "shop_payments",
+        "shop_refunds",
+    }
