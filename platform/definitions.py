@@ -19,9 +19,10 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 from assets.cdc import definitions as cdc  # noqa: E402
 from assets.lake_ops import definitions as lake_ops  # noqa: E402
 from assets.migration import definitions as migration  # noqa: E402
+from assets.store_sales import definitions as store_sales  # noqa: E402
 from resources.profiles import build_resources  # noqa: E402
 
-DOMAINS = [lake_ops, migration, cdc]
+DOMAINS = [lake_ops, migration, cdc, store_sales]
 
 # Applied to every asset that does not declare its own freshness policy.
 DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(
