@@ -343,3 +343,20 @@ def test_the_asset_is_partitioned_every_30_minutes_in_utc() -> None:
         "shop_payments",
         "shop_refunds",
     }
+
+
+def test_due_windows_are_closed_behind_the_watermark_and_rerun_on_late_changes() -> None:
+    from assets.store_sales.sensors import MAX_REQUESTS, due_windows
+
+    now = datetime(2026, 11, 24, 12, 10, tzinfo=UTC)
+    watermark = datetime(2026, 11, 24, 11, 31, tzinfo=UTC)
+    assert due_windows(None, now, {}, {}) == []
+    due = due_windows(watermark, now, {datetime(2026, 11, 24, 11, 0, tzinfo=UTC): 3}, {})
+    # 11:30 has closed at 12:00, but the CDC data reaches only 11:31: not due yet.
+    assert due[0] == ("2026-11-24-11:00", 3) and len(due) == MAX_REQUESTS
+    assert [k for k, _ in due] == sorted((k for k, _ in due), reverse=True)
+    done = {"2026-11-24-11:00": 3, "2026-11-24-10:30": 0}
+    late = {datetime(2026, 11, 24, 11, 0, tzinfo=UTC): 3, datetime(2026, 11, 24, 10, 30, tzinfo=UTC): 1}
+    again = due_windows(watermark, now, late, done)
+    assert again[0] == ("2026-11-24-10:30", 1)  # a late change; 11:00 is unchanged
+    assert "2026-11-24-11:00" not in dict(again)
