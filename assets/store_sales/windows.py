@@ -222,24 +222,83 @@ def read_window(warehouse: Warehouse, start: datetime) -> list[dict[str, Any]]:
     return warehouse.query(sql).to_pylist()
 
 
-def cdc_watermark(warehouse: Warehouse, mapping: Any = None) -> datetime | None:
-    """The latest commit time loaded for every one of the four shop tables (the minimum of their
-    latest commits in cdc_state.files); None until each has a loaded file."""
+def cdc_watermark(warehouse: Warehouse, lake: Any = None, mapping: Any = None) -> datetime | None:
+    """The commit time up to which the four shop tables are loaded; None until each has a loaded file.
+
+    A table is loaded up to its latest commit applied (cdc_state.files). With the lake given, a
+    quiet table (say refunds, overnight) does not hold the others back: when every change file of
+    it that has landed is applied, it is complete up to the capture's checkpoint (every transaction
+    before the checkpoint is in landed files), i.e. up to the latest commit applied of any of the
+    four tables at or before the checkpoint's binlog position, less a second (commit times are whole
+    seconds, and a transaction of that same second may follow the checkpoint).
+    """
+    from datetime import timedelta
+
     from assets.cdc.mapping import load_mapping
     from assets.cdc.state import FILES
 
     mapping = mapping or load_mapping()
-    targets = [mapping.by_target(f"{CLUSTER}.{name}").target for name in SOURCES]
+    tables = [mapping.by_target(f"{CLUSTER}.{name}") for name in SOURCES]
+    checkpoint = _checkpoint_seq(lake) if lake is not None else None  # read before listing files
     if not warehouse.table_exists(FILES):
         return None
-    quoted = ", ".join(f"'{t}'" for t in targets)
+    quoted = ", ".join(f"'{t.target}'" for t in tables)
     rows = warehouse.query(
         f"SELECT target, max(last_commit_ts) AS ts FROM {FILES} WHERE target IN ({quoted}) GROUP BY target"
     ).to_pylist()
-    found = {r["target"]: r["ts"] for r in rows if r["ts"] is not None}
-    if set(found) != set(targets):
+    found = {r["target"]: to_utc(r["ts"]) for r in rows if r["ts"] is not None}
+    if set(found) != {t.target for t in tables}:
         return None
-    return to_utc(min(found.values()))
+    if checkpoint is not None:
+        covered = warehouse.query(
+            f"SELECT max(last_commit_ts) AS ts FROM {FILES} WHERE target IN ({quoted})"
+            f" AND max_seq <= '{checkpoint}'"
+        )["ts"][0].as_py()
+        if covered is not None:
+            complete = to_utc(covered) - timedelta(seconds=1)
+            for t in tables:
+                if found[t.target] < complete and not _pending_files(lake, warehouse, t):
+                    found[t.target] = complete
+    return min(found.values())
+
+
+def _checkpoint_seq(lake: Any) -> str | None:
+    """The AR_H_CHANGE_SEQ bound of the capture's checkpoint (every change at or below is landed)."""
+    from assets.cdc import dms
+    from assets.cdc.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(lake, CLUSTER)
+    if checkpoint is None:
+        return None
+    return dms.change_seq(
+        dms.binlog_number(checkpoint.log_file), checkpoint.log_pos, 10 ** dms.SEQ_DIGITS[2] - 1
+    )
+
+
+def _pending_files(lake: Any, warehouse: Warehouse, table: Any) -> bool:
+    """Whether a change file of the table landed since yesterday (UTC) and is neither applied nor
+    quarantined."""
+    from datetime import UTC, timedelta
+
+    from assets.cdc.apply import list_change_files
+    from assets.cdc.state import FILES, QUARANTINE
+
+    since = (datetime.now(UTC) - timedelta(days=1)).date()
+    keys = {f.ref.key for f in list_change_files(lake, table, since=since)}
+    if not keys:
+        return False
+    done = {
+        r["object_key"]
+        for r in warehouse.query(
+            f"SELECT object_key FROM {FILES} WHERE target = '{table.target}'"
+        ).to_pylist()
+    }
+    if warehouse.table_exists(QUARANTINE):  # released files are applied again: still pending
+        held = warehouse.query(
+            f"SELECT object_key FROM {QUARANTINE} WHERE target = '{table.target}' AND released_at IS NULL"
+        )
+        done |= {r["object_key"] for r in held.to_pylist()}
+    return bool(keys - done)
 
 
 def late_fingerprint(warehouse: Warehouse, start: datetime, tables: ShopTables | None = None) -> int:

@@ -241,7 +241,9 @@ def test_windows_from_live_cdc_with_a_late_refund(
             assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
 
             # The sensor asks for both windows (closed, and the CDC data is past their ends).
-            with dg.build_sensor_context(instance=instance, resources={"warehouse": warehouse}) as ctx:
+            with dg.build_sensor_context(
+                instance=instance, resources={"warehouse": warehouse, "lake": lake}
+            ) as ctx:
                 first = store_sales_windows_sensor(ctx)
             assert isinstance(first, dg.SensorResult)
             asked = {r.partition_key: r.run_key for r in first.run_requests or []}
@@ -283,7 +285,7 @@ def test_windows_from_live_cdc_with_a_late_refund(
             # The sensor asks for the first window again, under a new run key; not for the second (older
             # windows of the 48 hours, with no sales, come in later ticks: 24 a tick, newest first).
             with dg.build_sensor_context(
-                instance=instance, resources={"warehouse": warehouse}, cursor=first.cursor
+                instance=instance, resources={"warehouse": warehouse, "lake": lake}, cursor=first.cursor
             ) as ctx:
                 second = store_sales_windows_sensor(ctx)
             assert isinstance(second, dg.SensorResult)
@@ -317,6 +319,22 @@ def test_windows_from_live_cdc_with_a_late_refund(
         failed = redis_result(cache, warehouse)
         assert not failed.passed
         assert failed.metadata["differing"].value == {serving.window_token(w1): [store_id]}
+
+        # A quiet table does not hold the watermark back: orders now, no refund; once loaded, the
+        # refunds table (nothing left to apply) counts as loaded up to the capture's checkpoint.
+        quiet_start = time.monotonic()
+        run_shop_traffic(
+            URL, shop_db, orders_per_second=5, seconds=1.5, seed=3, cancel_share=0, refund_share=0
+        )
+        _caught_up(lake, shop_db)
+        with dg.instance_for_test() as instance:
+            assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
+        from assets.store_sales.windows import cdc_watermark
+
+        by_tables, with_checkpoint = cdc_watermark(warehouse), cdc_watermark(warehouse, lake)
+        assert by_tables is not None and with_checkpoint is not None
+        assert with_checkpoint > by_tables, (by_tables, with_checkpoint)
+        assert with_checkpoint >= datetime.now(UTC) - timedelta(seconds=time.monotonic() - quiet_start + 2)
     finally:
         capture.terminate()
         capture.wait(30)
