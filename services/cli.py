@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     p_up.add_argument("--moto-port", type=int, default=DEFAULT_MOTO_PORT)
     p_up.add_argument("--demo-interval", type=float, default=30.0, help="seconds between demo files")
+    p_up.add_argument("--store-api-port", type=int, default=8600, help="the stores' read API (dp store-api)")
 
     sub.add_parser("down", help="stop the stack started by `dp up`")
     sub.add_parser("status", help="is the stack running?")
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             ui_port=args.port,
             moto_port=args.moto_port,
             demo_interval=args.demo_interval,
+            store_api_port=args.store_api_port,
         )
     if args.command == "down":
         from services.stack import down

@@ -62,6 +62,7 @@ def stack_env(profile: str, moto_port: int) -> dict[str, str]:
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
     env.setdefault("PLATFORM_PII_KEY", _local_pii_key(var))
+    env.setdefault("STORE_API_TOKEN", LOCAL_STORE_API_TOKEN)
     env.update(dagster_pg_env())
     return env
 
@@ -138,7 +139,15 @@ def _stop_all(procs: list[tuple[str, subprocess.Popen]], grace: float = 20.0) ->
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
 
 
-def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) -> int:
+def up(
+    *,
+    lake_in_s3: bool,
+    ui_port: int,
+    moto_port: int,
+    demo_interval: float,
+    store_api_port: int | None = None,
+) -> int:
+    store_api_port = store_api_port or STORE_API_PORT
     var = settings.var_dir().resolve()
     pid = running_pid()
     if pid is not None:
@@ -173,6 +182,7 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
         _bootstrap_aws(lake_in_s3)
         if settings.demo_sources_enabled():
             _ensure_demo_sources()
+            _ensure_shop()
         if ensure_dagster_db():
             print(f"stack: created the Dagster instance database {settings.dagster_pg_db()}", flush=True)
         dagster = Path(sys.executable).parent / "dagster"
@@ -199,8 +209,16 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
             procs.append(
                 ("cdc-traffic", _service("cdc-traffic", ["cdc", "demo-traffic", "--rate", "2"], env, var))
             )
+            # A gentle shop (an order every 2 s) whose refunds come 10 minutes to 2 hours after the
+            # sale, so closed 30-minute windows take late changes in the demo too.
+            shop = ["shop-traffic", "--rate", "0.5", "--refund-delay", "600:7200"]
+            procs.append(("shop-traffic", _service("shop-traffic", shop, env, var)))
+        api = ["store-api", "--port", str(store_api_port)]
+        procs.append(("store-api", _service("store-api", api, env, var)))
         print(
-            f"stack: up. Dagster UI at http://127.0.0.1:{ui_port} (Ctrl-C or `dp down` stops it)", flush=True
+            f"stack: up. Dagster UI at http://127.0.0.1:{ui_port}, store API at"
+            f" http://127.0.0.1:{store_api_port}/docs (Ctrl-C or `dp down` stops it)",
+            flush=True,
         )
         restarts: dict[str, float] = {}
         while not stopping:
@@ -229,7 +247,12 @@ def up(*, lake_in_s3: bool, ui_port: int, moto_port: int, demo_interval: float) 
     return 0
 
 
-RESTARTED = {"cdc-capture", "cdc-traffic"}
+RESTARTED = {"cdc-capture", "cdc-traffic", "shop-traffic"}
+STORE_API_PORT = 8600
+# The local stack's store API token when STORE_API_TOKEN is not set (documented in the README;
+# a deployment sets its own from its secret store).
+LOCAL_STORE_API_TOKEN = "local-dev-token"
+
 _ARGS: dict[str, list[str]] = {}
 
 
@@ -301,6 +324,17 @@ def _bootstrap_aws(lake_in_s3: bool) -> None:
 
 
 DEMO_SCALE = 50_000
+
+
+def _ensure_shop() -> None:
+    """The shop's operational database on the CDC cluster 'main' (created and seeded once)."""
+    from assets.cdc.mapping import cluster_url, load_mapping
+    from services.shop.schema import ensure_shop_schema
+
+    try:
+        ensure_shop_schema(cluster_url(load_mapping().clusters["main"]))
+    except Exception as exc:  # the shop traffic service retries; the rest of the stack goes on
+        print(f"stack: the shop database is not ready: {exc}", flush=True)
 
 
 def _ensure_demo_sources() -> None:

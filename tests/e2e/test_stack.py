@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -109,7 +110,7 @@ def instance_db(monkeypatch):
 
 def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source, monkeypatch):
     var = tmp_path / "var"
-    ui_port, moto_port = free_port(), free_port()
+    ui_port, moto_port, api_port = free_port(), free_port(), free_port()
     database, mapping = cdc_source
     # The sample source databases live on the machine's servers, not under var: leave them alone.
     env = {
@@ -119,7 +120,8 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
         "PLATFORM_CDC_MAPPING": str(mapping),
     }
     assert env["DAGSTER_PG_DB"] == instance_db
-    args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3"]
+    args = [str(DP), "up", "--port", str(ui_port), "--moto-port", str(moto_port), "--demo-interval", "3",
+            "--store-api-port", str(api_port)]  # fmt: skip
     log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     started: set[int] = set()
@@ -183,6 +185,16 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
         cdc_event, _ = _wait(loaded, 240, "the CDC changes in the current-state table", proc)
         cdc_run = instance.get_run_by_id(cdc_event.run_id)
         assert cdc_run.tags.get("dagster/sensor_name") in {"cdc_change_listing", "cdc_change_events"}
+
+        # The stores' read API is up, with its local token, and says what it can reach.
+        _wait(lambda: _port_open(api_port), 60, "the store API", proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/health", timeout=10) as response:
+            health = json.loads(response.read())
+        assert health["redis"]["ok"] is True, health
+        denied = urllib.request.Request(f"http://127.0.0.1:{api_port}/v1/stores/1/windows/latest")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(denied, timeout=10)
+        assert refused.value.code == 401
 
         again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "already running" in again.stdout
