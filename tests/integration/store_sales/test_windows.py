@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,7 @@ import dagster as dg
 import pymysql
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from assets.cdc.definitions import build
 from assets.store_sales import serving
@@ -40,8 +42,10 @@ from resources.settings import PROJECT_ROOT
 from resources.warehouse import DuckDBWarehouse
 from services.shop.schema import ensure_shop_schema
 from services.shop.traffic import late_refund, run_shop_traffic
+from services.store_api.app import create_app
 
 URL = "mysql+pymysql://root@127.0.0.1:3306"
+AUTH = {"Authorization": "Bearer t"}
 SPEED = 300.0
 _server_ids = itertools.count(int(uuid.uuid4().int % 1_000_000) * 100 + 5000)
 
@@ -181,6 +185,44 @@ def _redis_rows(cache: RedisCache, start: datetime) -> dict[int, str]:
     return {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
 
 
+@contextmanager
+def source_queries() -> Iterator[list[tuple[int, str, str]]]:
+    """Every command MariaDB receives meanwhile on a connection opened meanwhile (its general log).
+
+    Connections open before (the capture's binlog and control connections, this test's own) are left
+    out: what remains can only come from the code under test. The server's logging settings are
+    restored afterwards.
+    """
+    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    seen: list[tuple[int, str, str]] = []
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT @@global.general_log, @@global.log_output, NOW(6)")
+            general_log, log_output, since = cur.fetchone()
+            cur.execute("SELECT id FROM information_schema.PROCESSLIST")
+            before = {row[0] for row in cur.fetchall()}
+            cur.execute("SET GLOBAL log_output = 'TABLE'")
+            cur.execute("SET GLOBAL general_log = 1")
+        try:
+            yield seen
+        finally:
+            with admin.cursor() as cur:
+                cur.execute("SET GLOBAL general_log = 0")
+                cur.execute(
+                    "SELECT thread_id, command_type, argument FROM mysql.general_log WHERE event_time >= %s",
+                    (since,),
+                )
+                seen.extend(
+                    (int(t), str(c), a.decode() if isinstance(a, bytes) else str(a))
+                    for t, c, a in cur.fetchall()
+                    if int(t) not in before
+                )
+                cur.execute("SET GLOBAL log_output = %s", (log_output,))
+                cur.execute(f"SET GLOBAL general_log = {int(general_log)}")
+    finally:
+        admin.close()
+
+
 @pytest.mark.timeout(300)
 def test_windows_from_live_cdc_with_a_late_refund(
     shop_db: str, tmp_path: Path, local_aws: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
@@ -241,22 +283,32 @@ def test_windows_from_live_cdc_with_a_late_refund(
             assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
 
             # The sensor asks for both windows (closed, and the CDC data is past their ends).
-            with dg.build_sensor_context(
-                instance=instance, resources={"warehouse": warehouse, "lake": lake}
-            ) as ctx:
-                first = store_sales_windows_sensor(ctx)
+            with source_queries() as queries:
+                with dg.build_sensor_context(
+                    instance=instance, resources={"warehouse": warehouse, "lake": lake}
+                ) as ctx:
+                    first = store_sales_windows_sensor(ctx)
+                results = [
+                    dg.materialize(
+                        [store_sales_30min],
+                        partition_key=partition_of(start),
+                        resources=resources,
+                        instance=instance,
+                    )
+                    for start in (w1, w2)
+                ]
+                with TestClient(create_app(cache=cache, warehouse=warehouse, token="t")) as api:
+                    served = api.get(f"/v1/windows/{serving.window_token(w1)}/top?n=100", headers=AUTH)
+                    served_w2 = api.get(f"/v1/windows/{serving.window_token(w2)}/top?n=100", headers=AUTH)
+            # The sensor, both windows, their checks and the API asked the shop's MariaDB nothing.
+            assert queries == [], queries
+            assert served.status_code == 200 and served_w2.status_code == 200, served.text
             assert isinstance(first, dg.SensorResult)
             asked = {r.partition_key: r.run_key for r in first.run_requests or []}
             assert partition_of(w1) in asked and partition_of(w2) in asked
             assert asked[partition_of(w1)] == f"{partition_of(w1)}:{_late_total(warehouse, w1)}"
 
-            for start in (w1, w2):
-                result = dg.materialize(
-                    [store_sales_30min],
-                    partition_key=partition_of(start),
-                    resources=resources,
-                    instance=instance,
-                )
+            for start, result in zip((w1, w2), results, strict=True):
                 assert result.success
                 evaluations = result.get_asset_check_evaluations()
                 assert {e.check_name: e.passed for e in evaluations} == {
@@ -307,6 +359,16 @@ def test_windows_from_live_cdc_with_a_late_refund(
             serving.decode_row(_redis_rows(cache, w1)[store_id])["net_sales"] == after[store_id]["net_sales"]
         )
         assert _redis_rows(cache, w1) == {r["store_id"]: serving.encode_row(r) for r in after.values()}
+        # The API serves the re-aggregated window (from Redis; the warehouse agrees byte for byte).
+        with TestClient(create_app(cache=cache, warehouse=warehouse, token="t")) as api:
+            path = f"/v1/stores/{store_id}/windows?start={serving.window_token(w1)}"
+            window = api.get(path + f"&end={serving.window_token(w1 + serving.WINDOW)}", headers=AUTH)
+            assert window.status_code == 200 and window.headers["X-Served-From"] == "redis", window.text
+            [served_row] = window.json()["windows"]
+            assert Decimal(str(served_row["net_sales"])) == after[store_id]["net_sales"]
+            assert served_row["late_changes"] == after[store_id]["late_changes"]
+            old_served = {r["store_id"]: r for r in served.json()["stores"]}[store_id]
+            assert Decimal(str(old_served["net_sales"])) == old[store_id]["net_sales"]
         count = warehouse.query(f"SELECT count(*) AS n FROM {TABLE}")["n"][0].as_py()
         assert count == len(after) + len(before[w2])  # the window was replaced, not appended
 
