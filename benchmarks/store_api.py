@@ -560,6 +560,16 @@ def main() -> int:
             f"  client CPU {med('open', 'client_cpu'):.1f} s  server CPU {med('open', 'server_cpu'):.1f} s"
             f"  redis-server CPU {med('open', 'redis_cpu'):.1f} s"
         )
+        per = statistics.median(1000 * x["server_cpu"] / x["n"] for x in results["closed"] + results["open"])
+        whole = statistics.median(
+            1000 * (x["server_cpu"] + x["client_cpu"] + x["redis_cpu"]) / x["n"]
+            for x in results["closed"] + results["open"]
+        )
+        cores = os.cpu_count() or 1
+        print(
+            f"  server CPU {per:.3f} ms a request (server + client + redis-server {whole:.3f} ms):"
+            f" {cores} cores to ourselves would carry ~{1000 * cores / whole:,.0f} req/s"
+        )
         print(f"  server peak RSS {hwm:,.0f} MB (VmHWM summed over {len(descendants(server.pid))} processes)")
         total_errors = sum(x["errors"] for m in results.values() for x in m)
         rps, p99 = med("closed", "rps"), med("open", "p99")
