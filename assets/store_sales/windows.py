@@ -223,7 +223,7 @@ def read_window(warehouse: Warehouse, start: datetime) -> list[dict[str, Any]]:
 
 
 def cdc_watermark(warehouse: Warehouse, lake: Any = None, mapping: Any = None) -> datetime | None:
-    """The commit time up to which the four shop tables are loaded; None until each has a loaded file.
+    """The commit time up to which the four shop tables are loaded; None while one is not known to be.
 
     A table is loaded up to its latest commit applied (cdc_state.files). With the lake given, a
     quiet table (say refunds, overnight) does not hold the others back: when every change file of
@@ -247,8 +247,6 @@ def cdc_watermark(warehouse: Warehouse, lake: Any = None, mapping: Any = None) -
         f"SELECT target, max(last_commit_ts) AS ts FROM {FILES} WHERE target IN ({quoted}) GROUP BY target"
     ).to_pylist()
     found = {r["target"]: to_utc(r["ts"]) for r in rows if r["ts"] is not None}
-    if set(found) != {t.target for t in tables}:
-        return None
     if checkpoint is not None:
         covered = warehouse.query(
             f"SELECT max(last_commit_ts) AS ts FROM {FILES} WHERE target IN ({quoted})"
@@ -257,8 +255,12 @@ def cdc_watermark(warehouse: Warehouse, lake: Any = None, mapping: Any = None) -
         if covered is not None:
             complete = to_utc(covered) - timedelta(seconds=1)
             for t in tables:
-                if found[t.target] < complete and not _pending_files(lake, warehouse, t):
+                # A table with no change yet (refunds on a new shop) is as complete as a quiet one.
+                behind = t.target not in found or found[t.target] < complete
+                if behind and not _pending_files(lake, warehouse, t):
                     found[t.target] = complete
+    if set(found) != {t.target for t in tables}:
+        return None
     return min(found.values())
 
 

@@ -440,3 +440,34 @@ def test_due_windows_are_closed_behind_the_watermark_and_rerun_on_late_changes()
     again = due_windows(watermark, now, late, done)
     assert again[0] == ("2026-11-24-10:30", 1)  # a late change; 11:00 is unchanged
     assert "2026-11-24-11:00" not in dict(again)
+
+
+def test_a_table_without_any_change_yet_does_not_hold_the_watermark(tmp_path: Path) -> None:
+    """A new shop has orders and payments but no refund yet: once every landed file is applied, the
+    refunds table counts as complete up to the capture's checkpoint (None here would hold every
+    window back until the first refund)."""
+    from assets.cdc import dms
+    from assets.cdc.checkpoint import Checkpoint, save_checkpoint
+    from assets.cdc.mapping import load_mapping
+    from assets.cdc.state import FILES, create_state
+    from assets.store_sales.windows import SOURCES, cdc_watermark
+
+    mapping = load_mapping(_mapping(tmp_path, "shop"))
+    lake = LocalLake(root=str(tmp_path / "lake"))
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb"))
+    create_state(warehouse)
+    last = datetime(2026, 11, 24, 12, 40, 7)
+    for n, name in enumerate(s for s in SOURCES if s != "shop_refunds"):
+        target = mapping.by_target(f"main.{name}").target
+        seq = dms.change_seq(3, 1000 + n, 0)
+        warehouse.execute(
+            f"INSERT INTO {FILES} (target, object_key, max_seq, last_commit_ts)"
+            f" VALUES ('{target}', 'k{n}', '{seq}', TIMESTAMP '{last - timedelta(seconds=n)}')"
+        )
+    assert cdc_watermark(warehouse, mapping=mapping) is None  # without the lake, refunds is unknown
+    save_checkpoint(lake, Checkpoint("main", "mysql-bin.000003", 5000))
+    watermark = cdc_watermark(warehouse, lake, mapping=mapping)
+    # the newest commit the checkpoint covers, less a second (nothing landed is left to apply)
+    assert watermark == (last - timedelta(seconds=1)).replace(tzinfo=UTC), watermark
+    save_checkpoint(lake, Checkpoint("main", "mysql-bin.000003", 500))  # before the files: not covered
+    assert cdc_watermark(warehouse, lake, mapping=mapping) is None
