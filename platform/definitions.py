@@ -33,8 +33,10 @@ DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(
 # Dagster's default automation sensor starts stopped; these run from the first start, so assets
 # with an AutomationCondition update on their own. One per domain: an automation run holds
 # every asset that is due at once, and a long migration backfill must not hold back the CDC
-# domain's minute-by-minute status page (or the other way round).
+# domain's minute-by-minute status page (or the other way round). A domain that brings its own
+# (store_sales: a condition evaluated in the code server) keeps it.
 def automation_sensors(groups: list[str]) -> list[dg.AutomationConditionSensorDefinition]:
+    own = {s.name for domain in DOMAINS for s in domain.defs.sensors or []}
     return [
         dg.AutomationConditionSensorDefinition(
             "platform_automation" if group == "default" else f"{group}_automation",
@@ -44,6 +46,7 @@ def automation_sensors(groups: list[str]) -> list[dg.AutomationConditionSensorDe
             description=f"Evaluates the AutomationCondition of every asset in the {group} group.",
         )
         for group in groups
+        if ("platform_automation" if group == "default" else f"{group}_automation") not in own
     ]
 
 

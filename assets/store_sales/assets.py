@@ -4,8 +4,13 @@ A partition is one window ("2026-11-24-10:30" is [10:30, 11:00) UTC). Its run co
 window in the warehouse (assets.store_sales.windows), replaces the window's rows in
 store_sales.store_sales_30min in one transaction, then publishes the window to Redis
 (assets.store_sales.serving) when it started within the last 48 hours, the span Redis keeps.
-Runs are started by store_sales_windows_sensor (assets.store_sales.sensors): once a window has
+Runs are started by declarative automation (assets.store_sales.automation): once a window has
 closed and the CDC loads have caught up with its end, and again when late changes touch it.
+
+The blocking check runs before anything is written: when the window's rows differ from the
+independent recomputation, neither the warehouse table nor Redis receives them (the API keeps
+serving the last window that passed), the materialization says `published: False` and the run
+fails with the check's figures.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -17,6 +22,7 @@ from assets.cdc.factory import current_key
 from assets.cdc.mapping import load_mapping
 from assets.shared.conventions import domain_asset_args
 from assets.store_sales import serving
+from assets.store_sales.automation import window_condition
 from assets.store_sales.windows import CLUSTER, SOURCES, TABLE
 
 DOMAIN = "store_sales"
@@ -57,6 +63,7 @@ def partition_of(start: datetime) -> str:
     kinds={"duckdb", "redis"},
     metadata={"table": TABLE},
     freshness_policy=FRESHNESS,
+    automation_condition=window_condition(),
     check_specs=[
         dg.AssetCheckSpec(
             "window_matches_recomputation",
@@ -82,18 +89,26 @@ def store_sales_30min(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     warehouse, cache = context.resources.warehouse, context.resources.cache
     now = datetime.now(UTC)
     rows = compute_window(warehouse, start, now)
-    write_window(warehouse, start, rows)
+    check = recomputation_result(warehouse, start, rows)
     served: list[str] = []
-    if start + serving.WINDOW > now - timedelta(hours=KEEP_HOURS):
-        serving.publish_window(cache, start, rows, keep_hours=KEEP_HOURS)
-        served = [serving.window_key(cache, start)]
-    else:
-        context.log.info(
-            f"window {context.partition_key} is older than {KEEP_HOURS} h: not published to Redis"
+    if not check.passed:
+        context.log.error(
+            f"window {context.partition_key} not published: {check.description}"
+            f" ({check.metadata['differing_count'].value} stores differ)"
         )
+    else:
+        write_window(warehouse, start, rows)
+        if start + serving.WINDOW > now - timedelta(hours=KEEP_HOURS):
+            serving.publish_window(cache, start, rows, keep_hours=KEEP_HOURS)
+            served = [serving.window_key(cache, start)]
+        else:
+            context.log.info(
+                f"window {context.partition_key} is older than {KEEP_HOURS} h: not published to Redis"
+            )
     net = sum((r["net_sales"] for r in rows), Decimal("0"))
     return dg.MaterializeResult(
         metadata={
+            "published": check.passed,
             "stores": len(rows),
             "orders": sum(r["order_count"] for r in rows),
             "net_sales": float(net),
@@ -101,5 +116,5 @@ def store_sales_30min(context: dg.AssetExecutionContext) -> dg.MaterializeResult
             "late_changes": sum(r["late_changes"] for r in rows),
             "served_keys": dg.MetadataValue.json(served),
         },
-        check_results=[recomputation_result(warehouse, start), redis_result(cache, warehouse)],
+        check_results=[check, redis_result(cache, warehouse)],
     )

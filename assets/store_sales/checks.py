@@ -1,8 +1,9 @@
 """The window table's checks.
 
-window_matches_recomputation  (in the asset's run, per partition, blocking) the rows written
-                              equal a recomputation in Python from plain reads of the CDC
-                              tables (no joins or sums in SQL)
+window_matches_recomputation  (in the asset's run, per partition, blocking) the rows to be
+                              written equal a recomputation in Python from plain reads of the
+                              CDC tables (no joins or sums in SQL); checked before the write,
+                              so a failing window reaches neither the table nor Redis
 redis_matches_warehouse       the newest windows Redis holds equal the warehouse's rows, byte
                               for byte in the canonical JSON the API serves
 """
@@ -112,8 +113,11 @@ def _canonical(rows: list[dict[str, Any]], with_computed_at: bool = True) -> dic
     return out
 
 
-def recomputation_result(warehouse: Warehouse, start: datetime) -> dg.AssetCheckResult:
-    written = read_window(warehouse, start)
+def recomputation_result(
+    warehouse: Warehouse, start: datetime, rows: list[dict[str, Any]] | None = None
+) -> dg.AssetCheckResult:
+    """`rows` (the rows about to be written), or else the rows written, against the recomputation."""
+    written = read_window(warehouse, start) if rows is None else rows
     again = recompute_window(warehouse, start, start)
     a, b = _canonical(written, False), _canonical(again, False)
     differing = sorted(s for s in a.keys() | b.keys() if a.get(s) != b.get(s))

@@ -1,4 +1,5 @@
-"""The store-sales domain's Definitions: the 30-minute window asset, its checks and its sensor.
+"""The store-sales domain's Definitions: the 30-minute window asset, its checks and the automation
+sensor that evaluates its condition in the code server.
 
 The windows read the shop's CDC tables; a CDC mapping without them (a team's own mapping, a test's)
 gives an empty domain, not a code location that fails to load.
@@ -19,9 +20,10 @@ def build() -> dg.Definitions:
     if not all(t.spec.enabled for t in tables):
         return dg.Definitions()
     from assets.store_sales.assets import store_sales_30min
-    from assets.store_sales.sensors import store_sales_windows_sensor
+    from assets.store_sales.automation import window_automation_sensor
 
-    return dg.Definitions(assets=[store_sales_30min], sensors=[store_sales_windows_sensor])
+    sensor = window_automation_sensor(dg.AssetSelection.assets(store_sales_30min))
+    return dg.Definitions(assets=[store_sales_30min], sensors=[sensor])
 
 
 defs = build()

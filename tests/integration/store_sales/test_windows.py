@@ -1,6 +1,7 @@
 """store_sales_30min end to end on real services: shop traffic in MariaDB -> the CDC capture (binlog)
 -> DMS files in a local lake -> the CDC load asset -> two window partitions materialized -> the
-warehouse table and Redis; a late refund re-aggregates its window; the checks and the sensor.
+warehouse table and Redis; a late refund re-aggregates its window; the checks and the automation
+condition (evaluated as the code server's automation sensor evaluates it).
 
 The traffic's clock runs 300 times faster than real time from a window three hours back, so
 one minute of simulated sales takes 0.2 s and two windows fill in about 12 s. The figures are
@@ -33,9 +34,9 @@ from fastapi.testclient import TestClient
 from assets.cdc.definitions import build
 from assets.store_sales import serving
 from assets.store_sales.assets import KEY, partition_of, store_sales_30min
+from assets.store_sales.automation import MAX_PER_EVALUATION, published_late_changes
 from assets.store_sales.checks import REDIS, redis_result
-from assets.store_sales.sensors import store_sales_windows_sensor
-from assets.store_sales.windows import TABLE, read_window
+from assets.store_sales.windows import TABLE, read_window, sql_ts
 from resources.cache import RedisCache
 from resources.lake import LocalLake
 from resources.settings import PROJECT_ROOT
@@ -278,16 +279,17 @@ def test_windows_from_live_cdc_with_a_late_refund(
         cdc_assets = [a for a in cdc_defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
         cdc_resources = {"lake": lake, "warehouse": warehouse, "aws": local_aws}
         resources = {"warehouse": warehouse, "cache": cache}
+        # The automation condition builds the profile's resources when it is evaluated: these paths.
+        monkeypatch.setenv("PLATFORM_WAREHOUSE_PATH", warehouse.path)
+        store_defs = dg.Definitions(assets=[store_sales_30min], resources=resources)
 
         with dg.instance_for_test() as instance:
             assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
 
-            # The sensor asks for both windows (closed, and the CDC data is past their ends).
+            # One automation evaluation asks for both windows (closed, and the CDC data is past their
+            # ends), never for a window before the shop's first sale.
             with source_queries() as queries:
-                with dg.build_sensor_context(
-                    instance=instance, resources={"warehouse": warehouse, "lake": lake}
-                ) as ctx:
-                    first = store_sales_windows_sensor(ctx)
+                first = dg.evaluate_automation_conditions(defs=store_defs, instance=instance)
                 results = [
                     dg.materialize(
                         [store_sales_30min],
@@ -300,13 +302,13 @@ def test_windows_from_live_cdc_with_a_late_refund(
                 with TestClient(create_app(cache=cache, warehouse=warehouse, token="t")) as api:
                     served = api.get(f"/v1/windows/{serving.window_token(w1)}/top?n=100", headers=AUTH)
                     served_w2 = api.get(f"/v1/windows/{serving.window_token(w2)}/top?n=100", headers=AUTH)
-            # The sensor, both windows, their checks and the API asked the shop's MariaDB nothing.
+            # The evaluation, both windows, their checks and the API asked the shop's MariaDB nothing.
             assert queries == [], queries
             assert served.status_code == 200 and served_w2.status_code == 200, served.text
-            assert isinstance(first, dg.SensorResult)
-            asked = {r.partition_key: r.run_key for r in first.run_requests or []}
-            assert partition_of(w1) in asked and partition_of(w2) in asked
-            assert asked[partition_of(w1)] == f"{partition_of(w1)}:{_late_total(warehouse, w1)}"
+            asked = first.get_requested_partitions(KEY)
+            assert {partition_of(w1), partition_of(w2)} <= asked, asked
+            assert min(asked) == partition_of(w1)  # the shop's first sale is in w1
+            assert len(asked) <= MAX_PER_EVALUATION
 
             for start, result in zip((w1, w2), results, strict=True):
                 assert result.success
@@ -334,20 +336,68 @@ def test_windows_from_live_cdc_with_a_late_refund(
             _caught_up(lake, shop_db)
             assert dg.materialize(cdc_assets, resources=cdc_resources, instance=instance).success
 
-            # The sensor asks for the first window again, under a new run key; not for the second (older
-            # windows of the 48 hours, with no sales, come in later ticks: 24 a tick, newest first).
-            with dg.build_sensor_context(
-                instance=instance, resources={"warehouse": warehouse, "lake": lake}, cursor=first.cursor
-            ) as ctx:
-                second = store_sales_windows_sensor(ctx)
-            assert isinstance(second, dg.SensorResult)
-            again = {r.partition_key: r.run_key for r in second.run_requests or []}
+            # The next evaluation asks for the first window again (its late count grew), not for the
+            # second, whose published materialization absorbed every late change it has.
+            second = dg.evaluate_automation_conditions(
+                defs=store_defs, instance=instance, cursor=first.cursor
+            )
+            again = second.get_requested_partitions(KEY)
             assert partition_of(w1) in again and partition_of(w2) not in again, again
-            assert all(k < partition_of(w1) for k in again if k != partition_of(w1))
-            assert again[partition_of(w1)] != asked[partition_of(w1)]
 
-            assert dg.materialize(
+            rerun = dg.materialize(
                 [store_sales_30min], partition_key=partition_of(w1), resources=resources, instance=instance
+            )
+            assert rerun.success
+            # The window's metadata counts the late changes it absorbed: the refund and the order's
+            # status update on top of those of the first run.
+            late_before = results[0].asset_materializations_for_node("store_sales_30min")[0].metadata
+            late_after = rerun.asset_materializations_for_node("store_sales_30min")[0].metadata
+            assert late_after["late_changes"].value == late_before["late_changes"].value + 2
+            assert late_after["published"].value is True
+            # Settled: a third evaluation asks for neither window.
+            third = dg.evaluate_automation_conditions(
+                defs=store_defs, instance=instance, cursor=second.cursor
+            )
+            assert not {partition_of(w1), partition_of(w2)} & third.get_requested_partitions(KEY)
+
+            # A blocking check blocks: a duplicated payment in the CDC table (the SQL sums both, the
+            # recomputation keeps one per order) makes w2's rows differ; nothing of w2 is written or
+            # served, the run fails, the materialization says unpublished, and w2 stays due.
+            served_before = _redis_rows(cache, w2)
+            table_before = read_window(warehouse, w2)
+            with warehouse.transaction() as tx:
+                tx.execute(
+                    "INSERT INTO cdc_main.shop_payments SELECT * FROM cdc_main.shop_payments WHERE order_id ="
+                    f" (SELECT min(id) FROM cdc_main.shop_orders WHERE status = 'paid' AND ordered_at >="
+                    f" {sql_ts(w2)} AND ordered_at < {sql_ts(w2 + serving.WINDOW)})"
+                )
+            blocked = dg.materialize(
+                [store_sales_30min],
+                partition_key=partition_of(w2),
+                resources=resources,
+                instance=instance,
+                raise_on_error=False,
+            )
+            assert not blocked.success
+            [check] = [
+                e
+                for e in blocked.get_asset_check_evaluations()
+                if e.check_name == "window_matches_recomputation"
+            ]
+            assert not check.passed and check.metadata["differing_count"].value == 1
+            meta = blocked.asset_materializations_for_node("store_sales_30min")[0].metadata
+            assert meta["published"].value is False
+            assert read_window(warehouse, w2) == table_before
+            assert _redis_rows(cache, w2) == served_before
+            assert partition_of(w2) not in published_late_changes(instance, KEY, [partition_of(w2)])
+            assert partition_of(w1) in published_late_changes(instance, KEY, [partition_of(w1)])
+            with warehouse.transaction() as tx:  # the duplicate goes; the window passes again
+                tx.execute(
+                    "DELETE FROM cdc_main.shop_payments WHERE rowid IN (SELECT max(rowid) FROM"
+                    " cdc_main.shop_payments GROUP BY order_id HAVING count(*) > 1)"
+                )
+            assert dg.materialize(
+                [store_sales_30min], partition_key=partition_of(w2), resources=resources, instance=instance
             ).success
         after = {r["store_id"]: r for r in _assert_window(warehouse, shop_db, w1)}
         old = {r["store_id"]: r for r in before[w1]}
@@ -426,20 +476,35 @@ def test_the_asset_is_partitioned_every_30_minutes_in_utc() -> None:
 
 
 def test_due_windows_are_closed_behind_the_watermark_and_rerun_on_late_changes() -> None:
-    from assets.store_sales.sensors import MAX_REQUESTS, due_windows
+    from assets.store_sales.assets import PARTITIONS
+    from assets.store_sales.automation import due_windows
+
+    def due(watermark, now, first, late, done):  # type: ignore[no-untyped-def]
+        return due_windows(watermark, now, first, late, done, PARTITIONS.start, partition_of)
 
     now = datetime(2026, 11, 24, 12, 10, tzinfo=UTC)
     watermark = datetime(2026, 11, 24, 11, 31, tzinfo=UTC)
-    assert due_windows(None, now, {}, {}) == []
-    due = due_windows(watermark, now, {datetime(2026, 11, 24, 11, 0, tzinfo=UTC): 3}, {})
+    long_ago = datetime(2026, 11, 2, tzinfo=UTC)
+    assert due(None, now, long_ago, {}, {}) == []
+    assert due(watermark, now, None, {}, {}) == []  # no sale yet: nothing to aggregate
+    found = due(watermark, now, long_ago, {datetime(2026, 11, 24, 11, 0, tzinfo=UTC): 3}, {})
     # 11:30 has closed at 12:00, but the CDC data reaches only 11:31: not due yet.
-    assert due[0] == ("2026-11-24-11:00", 3) and len(due) == MAX_REQUESTS
-    assert [k for k, _ in due] == sorted((k for k, _ in due), reverse=True)
+    assert found[0] == "2026-11-24-11:00" and len(found) == MAX_PER_EVALUATION
+    assert found == sorted(found, reverse=True)
+    # Nothing before the window of the shop's first sale (10:07 is in the 10:00 window).
+    assert due(watermark, now, datetime(2026, 11, 24, 10, 7, tzinfo=UTC), {}, {}) == [
+        "2026-11-24-11:00",
+        "2026-11-24-10:30",
+        "2026-11-24-10:00",
+    ]
+    # Nothing older than the 48 hours Redis serves, even with a first sale long before.
+    oldest = due_windows(watermark, now, long_ago, {}, {}, PARTITIONS.start, partition_of, limit=None)
+    assert oldest[-1] == "2026-11-22-12:30" and len(oldest) == 94
     done = {"2026-11-24-11:00": 3, "2026-11-24-10:30": 0}
     late = {datetime(2026, 11, 24, 11, 0, tzinfo=UTC): 3, datetime(2026, 11, 24, 10, 30, tzinfo=UTC): 1}
-    again = due_windows(watermark, now, late, done)
-    assert again[0] == ("2026-11-24-10:30", 1)  # a late change; 11:00 is unchanged
-    assert "2026-11-24-11:00" not in dict(again)
+    again = due(watermark, now, long_ago, late, done)
+    assert again[0] == "2026-11-24-10:30"  # a late change; 11:00 is unchanged
+    assert "2026-11-24-11:00" not in again
 
 
 def test_a_table_without_any_change_yet_does_not_hold_the_watermark(tmp_path: Path) -> None:
