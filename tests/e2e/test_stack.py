@@ -1,6 +1,7 @@
 """The whole flow: `dp up` starts moto, Dagster (UI + daemon), the demo feed and the CDC capture;
 the landing sensor turns demo files into materializations, the CDC sensors turn source changes into
-current-state tables; `dp down` stops every process it started."""
+current-state tables; shop sales become 30-minute windows served by the store API, and a late
+refund reaches the API within one automation cycle; `dp down` stops every process it started."""
 
 import json
 import os
@@ -20,6 +21,7 @@ from services.moto import free_port
 from services.stack import dagster_pg_env, drop_dagster_db
 
 ROOT = Path(__file__).resolve().parents[1].parent
+SHOP_URL = "mysql+pymysql://root@127.0.0.1:3306"
 DP = Path(sys.executable).parent / "dp"
 pytestmark = pytest.mark.e2e
 
@@ -68,15 +70,21 @@ def _children(pid: int) -> set[int]:
 
 @pytest.fixture
 def cdc_source(tmp_path):
-    """A MariaDB database with one table, and a CDC mapping of it (a replica id of its own)."""
+    """A MariaDB database with one table and a shop database of its own, and a CDC mapping of both
+    (the shop's six tables as platform/catalogs/cdc/shop.yaml maps them; a replica id of its own)."""
     import pymysql
     import yaml
 
+    from services.shop.schema import ensure_shop_schema
+
     database = f"e2e_cdc_{uuid.uuid4().hex[:10]}"
+    shop = f"e2e_shop_{uuid.uuid4().hex[:10]}"
     admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{database}`")
         cur.execute(f"CREATE TABLE `{database}`.items (id INT PRIMARY KEY, name VARCHAR(20), paid BIT(1))")
+    ensure_shop_schema(SHOP_URL, shop, stores=12, products=60)
+    shop_tables = yaml.safe_load((ROOT / "platform/catalogs/cdc/shop.yaml").read_text())["tables"]
     mapping = tmp_path / "cdc-mapping"
     mapping.mkdir()
     (mapping / "e2e.yaml").write_text(
@@ -87,15 +95,17 @@ def cdc_source(tmp_path):
                     {"name": "main", "local_url": "mysql+pymysql://root@127.0.0.1:3306",
                      "server_id": 50_000 + uuid.uuid4().int % 10_000}
                 ],
-                "tables": [{"cluster": "main", "database": database, "table": "items", "primary_key": ["id"]}],
+                "tables": [{"cluster": "main", "database": database, "table": "items", "primary_key": ["id"]}]
+                + [{**t, "database": shop} for t in shop_tables],
             }
         )
     )  # fmt: skip
     try:
-        yield database, mapping
+        yield database, mapping, shop
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+            cur.execute(f"DROP DATABASE IF EXISTS `{shop}`")
         admin.close()
 
 
@@ -111,7 +121,7 @@ def instance_db(monkeypatch):
 def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source, monkeypatch):
     var = tmp_path / "var"
     ui_port, moto_port, api_port = free_port(), free_port(), free_port()
-    database, mapping = cdc_source
+    database, mapping, shop = cdc_source
     # The sample source databases live on the machine's servers, not under var: leave them alone.
     env = {
         **os.environ,
@@ -186,6 +196,8 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
         cdc_run = instance.get_run_by_id(cdc_event.run_id)
         assert cdc_run.tags.get("dagster/sensor_name") in {"cdc_change_listing", "cdc_change_events"}
 
+        _store_sales_through_the_stack(instance, shop, api_port, proc)
+
         # The stores' read API is up, with its local token, and says what it can reach.
         _wait(lambda: _port_open(api_port), 60, "the store API", proc)
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/health", timeout=10) as response:
@@ -218,3 +230,125 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
     }
     assert still_running == set()
     assert not (var / "stack.pid").exists()
+
+
+def _api(port: int, path: str) -> dict | None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": "Bearer local-dev-token"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {"body": json.loads(response.read()), "from": response.headers["X-Served-From"]}
+    except (urllib.error.HTTPError, urllib.error.URLError):
+        return None
+
+
+def _automation_ticks(instance) -> list:
+    [state] = [s for s in instance.all_instigator_state() if s.instigator_name == "store_sales_automation"]
+    return instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=200)
+
+
+def _store_sales_through_the_stack(instance, shop: str, api_port: int, proc) -> None:
+    """Shop sales -> capture -> CDC loads -> the automation runs the closed windows -> Redis -> API;
+    then a late refund of a closed window's sale is in the API after one automation cycle."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    import pymysql
+
+    from assets.store_sales import serving
+    from assets.store_sales.assets import KEY, partition_of
+    from services.shop.traffic import late_refund, run_shop_traffic
+
+    # An hour of sales (simulated 600 times faster) in the two windows that began 2 hours ago;
+    # the rows are committed now, so the CDC watermark is past both windows once they are loaded.
+    now = datetime.now(UTC)
+    base = now.replace(minute=0 if now.minute < 30 else 30, second=0, microsecond=0) - timedelta(hours=2)
+    w1 = base
+    t0 = time.monotonic()
+    stats = run_shop_traffic(
+        SHOP_URL, shop, orders_per_second=10, seconds=2 * 30 * 60 / 600 - 0.5, seed=11,
+        cancel_share=0.1, refund_share=0.2, cancel_delay=(0.05, 0.3), refund_delay=(0.05, 0.3),
+        clock=lambda: base + timedelta(seconds=(time.monotonic() - t0) * 600),
+    )  # fmt: skip
+    assert stats.orders > 20, stats.summary()
+    top = f"/v1/windows/{serving.window_token(w1)}/top?n=100"
+    first = _wait(lambda: _api(api_port, top), 300, "the first window in the store API", proc)
+    assert first["from"] == "redis" and first["body"]["stores"], first
+    event = instance.get_latest_materialization_event(KEY)
+    run = instance.get_run_by_id(event.run_id)
+    assert run.tags.get("dagster/sensor_name") == "store_sales_automation", run.tags
+
+    # The window's figures equal the shop's own (the API answers from Redis, never from MariaDB).
+    with pymysql.connect(host="127.0.0.1", user="root", database=shop, autocommit=True) as con:
+        cur = con.cursor()
+        lo, hi = w1.replace(tzinfo=None), (w1 + serving.WINDOW).replace(tzinfo=None)
+        cur.execute(
+            "SELECT o.store_id, sum(p.amount) FROM orders o JOIN payments p ON p.order_id = o.id"
+            " WHERE o.ordered_at >= %s AND o.ordered_at < %s AND o.status <> 'cancelled'"
+            " AND p.status = 'captured' GROUP BY o.store_id",
+            (lo, hi),
+        )
+        gross = {int(store): Decimal(amount) for store, amount in cur.fetchall()}
+        cur.execute(
+            "SELECT o.id, o.store_id FROM orders o WHERE o.status = 'paid' AND o.ordered_at >= %s"
+            " AND o.ordered_at < %s ORDER BY o.id LIMIT 1",
+            (lo, hi),
+        )
+        order_id, store_id = cur.fetchone()
+    served = {s["store_id"]: s for s in first["body"]["stores"]}
+    assert {k: Decimal(str(v["gross_sales"])) for k, v in served.items() if v["order_count"]} == gross
+
+    def w1_materializations() -> list:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=KEY, asset_partitions=[partition_of(w1)]), limit=100
+        ).records
+        return sorted(records, key=lambda r: r.storage_id)
+
+    before = w1_materializations()
+    late_before = before[-1].asset_materialization.metadata["late_changes"].value
+    old_net = Decimal(str(served[store_id]["net_sales"]))
+
+    # A late refund of the closed window's sale: the API changes without anything asked of it.
+    refunded_at = time.time()
+    late_refund(SHOP_URL, shop, order_id, amount="2.50")
+    window = f"/v1/stores/{store_id}/windows?start={serving.window_token(w1)}&end={serving.window_token(w1 + serving.WINDOW)}"
+
+    def changed():
+        answer = _api(api_port, window)
+        if answer and Decimal(str(answer["body"]["windows"][0]["net_sales"])) == old_net - Decimal("2.50"):
+            return answer
+        return None
+
+    answer = _wait(changed, 300, "the late refund in the store API", proc)
+    delay = time.time() - refunded_at
+    assert answer["from"] == "redis"
+    rerun = next(r for r in w1_materializations() if r.storage_id > before[-1].storage_id)
+    rerun_run = instance.get_run_by_id(rerun.run_id)
+    assert rerun_run.tags.get("dagster/sensor_name") == "store_sales_automation"
+    # One automation cycle: the re-run was requested by the first tick to start after the CDC run
+    # that loaded the refund had finished, or by an earlier one that read the loaded refund.
+    refunds_key = dg.AssetKey(["cdc", "main", "shop_refunds", "current"])
+    loads = instance.fetch_materializations(refunds_key, limit=50).records
+    load = min((r for r in loads if r.timestamp >= refunded_at), key=lambda r: r.timestamp)
+    load_end = instance.get_run_record_by_id(load.run_id).end_time
+    ticks = sorted(_automation_ticks(instance), key=lambda t: t.timestamp)
+    requesting = [t for t in ticks if rerun.run_id in t.run_ids]
+    assert requesting, "no automation tick launched the re-run"
+    next_tick = next(t for t in ticks if t.timestamp >= load_end)
+    assert requesting[0].timestamp <= next_tick.timestamp, (requesting[0].timestamp, load_end)
+
+    # The window's metadata counts the late changes it absorbed: the refund and its order's status
+    # change (a second re-run follows if the two were loaded apart).
+    def counted():
+        latest = w1_materializations()[-1].asset_materialization.metadata
+        return latest if latest["late_changes"].value == late_before + 2 else None
+
+    _wait(counted, 120, "the re-run's late_changes to count the refund", proc)
+    final = _api(api_port, window)
+    assert final is not None
+    assert final["body"]["windows"][0]["late_changes"] >= 1
+    print(
+        f"late refund to the API: {delay:.1f} s; the requesting tick started"
+        f" {requesting[0].timestamp - load_end:+.1f} s from the refund's load"
+    )
