@@ -28,7 +28,6 @@ they equal what the binlog holds: a rolled-back transaction counts nothing.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -42,13 +41,14 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from services.generators.reconnect import reconnect
+
 log = logging.getLogger(__name__)
 
 OPS = ("insert", "update", "delete")
 DEFAULT_MIX = (0.5, 0.35, 0.15)
 NULL_SHARE = 0.12  # of values written to nullable columns
 BEHIND_WARN_SECONDS = 1.0
-RECONNECT_SECONDS = (1, 2, 5, 10, 30)
 _LOST = (2003, 2006, 2013, 2055)  # client errors of a connection gone
 
 DEMO_MAIN_DATABASE = "cdc_demo"
@@ -700,23 +700,17 @@ def run_traffic(
 def _reconnect(
     url: str, database: str, models: dict[str, TableModel], stopped: _Stop, stats: TrafficStats
 ) -> Any:
-    for attempt, wait in enumerate(
-        itertools.chain(RECONNECT_SECONDS, itertools.repeat(RECONNECT_SECONDS[-1]))
-    ):
-        if stopped.wait(wait):
-            return None
-        try:
-            conn = _connect(_server_url(url), database)
-            with conn.cursor() as cur:
-                for model in models.values():
-                    _load_keys(cur, model)
-            conn.commit()
-            stats.reconnects += 1
-            log.warning("%s: reconnected after %d attempts", database, attempt + 1)
-            return conn
-        except TrafficError as exc:
-            log.warning("%s: still unreachable (%s); retrying", database, exc)
-    return None  # pragma: no cover  (the loop ends only by a stop)
+    """A new connection after a lost one, its tables' keys reloaded; None when stopped first."""
+
+    def connect() -> Any:
+        conn = _connect(_server_url(url), database)
+        with conn.cursor() as cur:
+            for model in models.values():
+                _load_keys(cur, model)
+        conn.commit()
+        return conn
+
+    return reconnect(connect, stopped.wait, stats, name=database, log=log, retry_on=TrafficError)
 
 
 def _statement(

@@ -58,13 +58,13 @@ from typing import Any
 from services.generators.cdc_traffic import (
     _LOST,
     BEHIND_WARN_SECONDS,
-    RECONNECT_SECONDS,
     TrafficError,
     _check_name,
     _connect,
     _server_url,
     _Stop,
 )
+from services.generators.reconnect import reconnect
 from services.shop.schema import SHOP_DATABASE, is_open
 
 log = logging.getLogger(__name__)
@@ -511,17 +511,11 @@ def late_refund(
 def _reconnect(url: str, database: str, error: Exception, stopped: _Stop, stats: ShopStats) -> Any:
     """A new connection after a lost one (the open transaction is lost); None when stopped first."""
     log.warning("%s: connection lost (%s); the open transaction is lost", database, error)
-    for attempt, wait in enumerate(
-        itertools.chain(RECONNECT_SECONDS, itertools.repeat(RECONNECT_SECONDS[-1]))
-    ):
-        if stopped.wait(wait):
-            return None
-        try:
-            conn = _connect(_server_url(url), database)
-        except TrafficError as exc:
-            log.warning("%s: still unreachable (%s); retrying", database, exc)
-            continue
-        stats.reconnects += 1
-        log.warning("%s: reconnected after %d attempts", database, attempt + 1)
-        return conn
-    return None  # pragma: no cover  (the loop ends only by a stop)
+    return reconnect(
+        lambda: _connect(_server_url(url), database),
+        stopped.wait,
+        stats,
+        name=database,
+        log=log,
+        retry_on=TrafficError,
+    )

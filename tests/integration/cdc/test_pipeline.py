@@ -27,6 +27,7 @@ from resources.settings import PROJECT_ROOT
 from resources.warehouse import DuckDBWarehouse
 from services.aws_bootstrap import ensure_bucket_fanout
 from services.cdc.capture import IDLE_CHECKPOINT_SECONDS
+from tests.support.waiting import wait_for
 
 RUN_KEY_TAG = "dagster/run_key"
 
@@ -52,15 +53,6 @@ def _start_capture(mapping_dir: Path, env: dict[str, str], log: Path) -> subproc
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _phase(sources, n: int, offset: int) -> dict[str, dict[str, int]]:
@@ -163,10 +155,10 @@ def test_changes_on_two_servers_reach_history_and_current_state_exactly_once(
     capture = _start_capture(mapping_dir, env, tmp_path / "capture.log")
     made: dict[str, dict[str, int]] = {}
     try:
-        _wait_for(lambda: lake.exists("landing/cdc/main/_capture_checkpoint.json")
-                  and lake.exists("landing/cdc/second/_capture_checkpoint.json"), 30, "the capture's first checkpoints")  # fmt: skip
+        wait_for(lambda: lake.exists("landing/cdc/main/_capture_checkpoint.json")
+                 and lake.exists("landing/cdc/second/_capture_checkpoint.json"), 30, "the capture's first checkpoints")  # fmt: skip
         _add(made, _phase(sources, 120, 1_000))
-        _wait_for(lambda: len(lake.list_objects("landing/cdc/")) >= 3, 30, "the first change files")
+        wait_for(lambda: len(lake.list_objects("landing/cdc/")) >= 3, 30, "the first change files")
         _add(made, _phase(sources, 60, 2_000))
         capture.send_signal(signal.SIGKILL)
         capture.wait(10)
@@ -176,7 +168,7 @@ def test_changes_on_two_servers_reach_history_and_current_state_exactly_once(
         with sources["main"].connect() as conn, conn.cursor() as cur:  # a position to wait for
             cur.execute("SHOW MASTER STATUS")
             main_file, main_pos = cur.fetchone()[:2]
-        _wait_for(
+        wait_for(
             lambda: json.loads(lake.get_bytes("landing/cdc/main/_capture_checkpoint.json"))["log_pos"] >= main_pos
             or json.loads(lake.get_bytes("landing/cdc/main/_capture_checkpoint.json"))["log_file"] != main_file,
             60, "the restarted capture to pass the last change",
