@@ -44,6 +44,7 @@ from resources.warehouse import DuckDBWarehouse
 from services.shop.schema import ensure_shop_schema
 from services.shop.traffic import late_refund, run_shop_traffic
 from services.store_api.app import create_app
+from tests.support.waiting import wait_for
 
 URL = "mysql+pymysql://root@127.0.0.1:3306"
 AUTH = {"Authorization": "Bearer t"}
@@ -86,15 +87,6 @@ def _mapping(tmp_path: Path, database: str) -> Path:
     return directory
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _caught_up(lake: LocalLake, database: str) -> None:
     """Wait until the capture's checkpoint is at or past the server's current binlog position."""
     with _mysql(database) as conn, conn.cursor() as cur:
@@ -108,7 +100,7 @@ def _caught_up(lake: LocalLake, database: str) -> None:
         cp = json.loads(lake.get_bytes(key))
         return cp["log_file"] > log_file or (cp["log_file"] == log_file and cp["log_pos"] >= log_pos)
 
-    _wait_for(passed, 60, "the capture to reach the last change")
+    wait_for(passed, 60, "the capture to reach the last change")
     time.sleep(1.0)
 
 
@@ -256,9 +248,7 @@ def test_windows_from_live_cdc_with_a_late_refund(
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for(
-            lambda: lake.exists("landing/cdc/main/_capture_checkpoint.json"), 30, "the capture to start"
-        )
+        wait_for(lambda: lake.exists("landing/cdc/main/_capture_checkpoint.json"), 30, "the capture to start")
         t0 = time.monotonic()
         stats = run_shop_traffic(
             URL,
