@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
-from cdc_latency import TreeMeter, _wait_up  # noqa: E402
+from cdc_latency import TreeMeter, _drop_source, _wait_up  # noqa: E402
 
 from services.shop.schema import ensure_shop_schema  # noqa: E402
 from services.shop.traffic import run_shop_traffic  # noqa: E402
@@ -211,7 +211,7 @@ def main() -> int:
         meter.stop()
         with contextlib.suppress(Exception):
             drop_dagster_db(dagster_db)
-        _drop(shop)
+        _drop_source(shop)
 
     def fmt(value: object) -> str:
         return "-" if value is None else f"{value:6.1f}" if isinstance(value, float) else str(value)
@@ -231,16 +231,6 @@ def main() -> int:
         )
     print(f"  stack peak RSS {meter.peak_rss / 2**20:.0f} MB, {meter.cpu_seconds:.0f} CPU-s in all")
     return 0 if len(delays) == len(results) else 1
-
-
-def _drop(database: str) -> None:
-    import pymysql
-
-    with (
-        contextlib.suppress(Exception),
-        pymysql.connect(host="127.0.0.1", user="root", autocommit=True) as con,
-    ):
-        con.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
 
 
 if __name__ == "__main__":
