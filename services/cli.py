@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     from services.store_api.cli import add_parser as add_store_api_parser
 
     add_store_api_parser(sub)
+    from services.telemetry_sim.cli import add_parser as add_telemetry_sim_parser
+
+    add_telemetry_sim_parser(sub)
 
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
@@ -200,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.shop.cli import run as run_shop
 
         return run_shop(args)
+    if args.command == "telemetry-sim":
+        from services.telemetry_sim.cli import run as run_telemetry_sim
+
+        return run_telemetry_sim(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
