@@ -49,6 +49,7 @@ FIRMWARE = ("1.4.2", "1.5.0", "2.0.1")
 TEMPERATURE_RANGE = (-60.0, 120.0)
 HUMIDITY_RANGE = (0.0, 100.0)
 PRESSURE_RANGE = (300.0, 1200.0)
+MAX_LATE_SECONDS = 6 * 86_400.0  # the API refuses readings older than 7 days
 
 
 class FleetError(ValueError):
@@ -188,6 +189,14 @@ class Fleet:
             raise FleetError(f"anomaly_per_hour must not be negative, got {anomaly_per_hour}")
         if not 0 < anomaly_minutes[0] <= anomaly_minutes[1]:
             raise FleetError(f"anomaly_minutes must be 0 < low <= high, got {anomaly_minutes}")
+        fixed_late = [late_delay] if isinstance(late_delay, int | float) else []
+        if isinstance(late_delay, tuple):
+            fixed_late = list(late_delay)
+        if any(not 0 <= d <= MAX_LATE_SECONDS for d in fixed_late):
+            raise FleetError(
+                f"late_delay must be 0..{MAX_LATE_SECONDS:.0f} s (the API refuses readings older than"
+                f" 7 days), got {late_delay}"
+            )
         if len(prefix) + 6 > 64 or not prefix.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise FleetError(f"prefix {prefix!r}: letters, digits, '_', '-', '.' and at most 58 characters")
         self.rng = random.Random(seed)
@@ -322,7 +331,7 @@ class Fleet:
 
         late_delay = None
         if rng.random() < self.late_share:
-            late_delay = draw_delay(self.late_delay, rng)
+            late_delay = min(draw_delay(self.late_delay, rng), MAX_LATE_SECONDS)
             self._record(
                 {
                     "kind": "late",

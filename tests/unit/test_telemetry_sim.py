@@ -213,6 +213,8 @@ def test_a_seed_gives_the_same_readings_and_truth() -> None:
 def test_bad_fleet_settings_are_refused_by_name() -> None:
     with pytest.raises(FleetError, match="late_share"):
         Fleet(5, late_share=1.5)
+    with pytest.raises(FleetError, match="late_delay"):
+        Fleet(5, late_delay=(60.0, 8 * 86_400.0))
     with pytest.raises(FleetError, match="devices"):
         Fleet(0)
     with pytest.raises(FleetError, match="prefix"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from services.telemetry_sim.driver import run_telemetry_sim
+from services.telemetry_sim.driver import SimStats, run_telemetry_sim
 from services.telemetry_sim.fleet import Generated, read_truth
 
 TOKEN = "sim-test-token"
@@ -306,3 +307,69 @@ def test_dp_telemetry_sim_posts_and_prints_progress_and_a_summary(serve, tmp_pat
     kinds = Counter(x["kind"] for x in read_truth(truth))
     assert kinds["late"] >= 5
     assert kinds["anomaly"] >= 1
+
+
+def test_a_server_not_up_yet_is_retried_and_nothing_counts_as_resent() -> None:
+    with socket.socket() as s:  # a free port, nothing listening on it yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ingest = Ingest(lambda n: "ok")
+    ingest.url = f"http://127.0.0.1:{port}"
+    generated: list[Generated] = []
+    result: dict[str, object] = {}
+
+    def simulate() -> None:
+        result["stats"] = run_telemetry_sim(
+            ingest.url,
+            TOKEN,
+            devices=4,
+            rate=30.0,
+            seconds=2.0,
+            seed=9,
+            batch_size=10,
+            linger=0.1,
+            on_generated=generated.append,
+            fleet_options={"late_share": 0.0, "duplicate_share": 0.0},
+        )
+
+    thread = threading.Thread(target=simulate)
+    thread.start()
+    time.sleep(1.0)  # the first batches find no server
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(ingest))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        thread.join(timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    stats = result["stats"]
+    assert isinstance(stats, SimStats)
+    assert stats.retries > 0  # connections refused, then posted again
+    assert stats.resent == 0  # a refused connection cannot have stored anything
+    assert stats.accepted == stats.generated == len(generated) == 60
+    assert sorted(map(_key, ingest.stored)) == sorted(g.key for g in generated)  # each exactly once
+    assert stats.failed == stats.rejected == 0
+
+
+def test_a_batch_is_given_up_after_max_retries_and_counted_failed(serve, caplog) -> None:
+    ingest = serve(lambda n: "503")
+    stats = run_telemetry_sim(
+        ingest.url,
+        TOKEN,
+        devices=3,
+        rate=20.0,
+        seconds=0.5,
+        seed=4,
+        batch_size=100,
+        linger=5.0,
+        max_retries=2,
+        fleet_options={"late_share": 0.0, "duplicate_share": 0.0},
+    )
+    assert stats.generated == 10
+    assert stats.batches == 1  # the linger outlasts the run: one batch, posted at the end
+    assert len(ingest.requests) == 3  # the first try and 2 retries
+    assert all(r.readings == ingest.requests[0].readings for r in ingest.requests)
+    assert stats.failed == 10 and stats.accepted == 0
+    assert stats.retries == 2 and stats.resent == 20
+    assert "3 failures, the last HTTP 503" in caplog.text
