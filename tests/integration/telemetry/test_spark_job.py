@@ -454,45 +454,48 @@ def test_missing_raw_directory_is_refused_by_name(spark: Any, tmp_path: Path) ->
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
-def test_command_line_without_pipes_prints_the_metrics_json(tmp_path: Path) -> None:
-    """spark-submit style: its own process and JVM; a Sunday hour; no Pipes context."""
-    sunday = datetime(2026, 11, 29, 23, tzinfo=UTC)
+SUNDAY = datetime(2026, 11, 29, 23, tzinfo=UTC)
+
+
+def write_sunday_hour(tmp_path: Path) -> list[str]:
+    """A small Sunday hour (dev-x: 10 readings and a late duplicate; dev-y: one late reading at
+    120 degC) and the job's arguments for it; no baseline exists yet."""
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     rows = [
         reading(
             "dev-x",
-            sunday + timedelta(minutes=m),
+            SUNDAY + timedelta(minutes=m),
             20.0 + m / 10,
-            sunday + timedelta(minutes=m, seconds=1),
+            SUNDAY + timedelta(minutes=m, seconds=1),
             "b1",
         )
         for m in range(0, 60, 6)
     ]
-    rows.append(dict(rows[0], received_at=sunday + timedelta(minutes=90), batch_id="b2"))  # a late duplicate
-    rows.append(reading("dev-y", sunday + timedelta(minutes=1), 120.0, sunday + timedelta(hours=2), "b3"))
+    rows.append(dict(rows[0], received_at=SUNDAY + timedelta(minutes=90), batch_id="b2"))  # a late duplicate
+    rows.append(reading("dev-y", SUNDAY + timedelta(minutes=1), 120.0, SUNDAY + timedelta(hours=2), "b3"))
     pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), raw_dir / "part-0.parquet")
+    return [
+        str(JOB),
+        "--hour",
+        "2026-11-30T08:00:00+09:00",  # 23:00 UTC on Sunday
+        "--raw",
+        str(raw_dir),
+        "--baseline",
+        str(tmp_path / "no-summaries-yet"),
+        "--processed-out",
+        str(tmp_path / "processed"),
+        "--summary-out",
+        str(tmp_path / "summary"),
+    ]
+
+
+def test_command_line_without_pipes_prints_the_metrics_json(tmp_path: Path) -> None:
+    """spark-submit style: its own process and JVM; a Sunday hour; no Pipes context."""
+    args = write_sunday_hour(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(JOB),
-            "--hour",
-            "2026-11-30T08:00:00+09:00",  # 23:00 UTC on Sunday
-            "--raw",
-            str(raw_dir),
-            "--baseline",
-            str(tmp_path / "no-summaries-yet"),
-            "--processed-out",
-            str(tmp_path / "processed"),
-            "--summary-out",
-            str(tmp_path / "summary"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -503,15 +506,46 @@ def test_command_line_without_pipes_prints_the_metrics_json(tmp_path: Path) -> N
     processed = {
         (r["device_id"], r["timestamp"]): r for r in read_dir(str(tmp_path / "processed")).to_pylist()
     }
-    first = processed[("dev-x", sunday)]
+    first = processed[("dev-x", SUNDAY)]
     assert (first["hour"], first["day_of_week"], first["is_weekend"], first["is_late"]) == (
         23,
         7,
         True,
         False,
     )
-    assert processed[("dev-y", sunday + timedelta(minutes=1))]["anomaly_flag"] is True
-    assert processed[("dev-y", sunday + timedelta(minutes=1))]["anomaly_score"] is None
+    assert processed[("dev-y", SUNDAY + timedelta(minutes=1))]["anomaly_flag"] is True
+    assert processed[("dev-y", SUNDAY + timedelta(minutes=1))]["anomaly_score"] is None
+
+
+def test_under_dagster_pipes_it_reports_one_materialization(tmp_path: Path) -> None:
+    """Launched by Dagster's PipesSubprocessClient: logs and the metrics as the materialization's
+    metadata, for the asset key of --asset-key."""
+    from dagster import DagsterInstance, PipesSubprocessClient, asset, materialize
+
+    args = write_sunday_hour(tmp_path)
+
+    # Unannotated (a local import under `from __future__ import annotations`): the client is
+    # asked for by resource key.
+    @asset(key=["telemetry", "hourly_summary_test"], required_resource_keys={"pipes"})
+    def summary(context):
+        command = [sys.executable, *args, "--asset-key", "telemetry/hourly_summary_test"]
+        return context.resources.pipes.run(command=command, context=context).get_materialize_result()
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([summary], resources={"pipes": PipesSubprocessClient()}, instance=instance)
+        assert result.success
+        (materialization,) = result.asset_materializations_for_node("telemetry__hourly_summary_test")
+        metadata = {name: value.value for name, value in materialization.metadata.items()}
+        logs = [
+            e.message
+            for e in instance.all_logs(result.run_id)
+            if "processing telemetry hour" in (e.message or "")
+        ]
+    assert materialization.asset_key.path == ["telemetry", "hourly_summary_test"]
+    assert (metadata["rows_in"], metadata["duplicates"], metadata["late"]) == (12, 1, 1)
+    assert (metadata["anomalies"], metadata["devices"], metadata["rows_out"]) == (1, 2, 11)
+    assert metadata["seconds"] > 0
+    assert logs, "the job's Pipes log line reached the run's logs"
 
 
 def test_command_line_refuses_an_hour_that_is_not_on_the_hour(tmp_path: Path) -> None:
