@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from services.telemetry_sim.driver import SimError, SimStats, run_telemetry_sim
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line a request
     token = args.token or os.environ.get("TELEMETRY_API_TOKEN") or "local-dev-token"
     fleet_options: dict[str, Any] = {
         "late_share": args.late_share,

@@ -303,6 +303,7 @@ def test_dp_telemetry_sim_posts_and_prints_progress_and_a_summary(serve, tmp_pat
     assert " 1 throttled" in done.stdout
     assert "0 rejected, 0 failed" in done.stdout
     assert "p50" in done.stderr  # the progress line
+    assert "HTTP Request" not in done.stderr  # no log line a request
     assert TOKEN not in done.stdout + done.stderr
     kinds = Counter(x["kind"] for x in read_truth(truth))
     assert kinds["late"] >= 5
