@@ -454,6 +454,28 @@ def test_missing_raw_directory_is_refused_by_name(spark: Any, tmp_path: Path) ->
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
 
 
+def test_an_hour_with_only_other_hours_readings_writes_empty_outputs(spark: Any, tmp_path: Path) -> None:
+    from assets.telemetry.spark.process_hour import run
+
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    rows = [
+        reading("dev-a", HOUR - timedelta(minutes=1), 20.0, HOUR + timedelta(minutes=70), "b1"),
+        reading("dev-a", HOUR + timedelta(hours=1), 20.0, HOUR + timedelta(hours=1), "b1"),
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), raw_dir / "part-0.parquet")
+    metrics = run(spark, HOUR, str(raw_dir), [], str(tmp_path / "p"), str(tmp_path / "s"))
+    assert (metrics["rows_read"], metrics["rows_other_hours"], metrics["rows_in"], metrics["devices"]) == (
+        2,
+        2,
+        0,
+        0,
+    )
+    processed, summary = read_dir(str(tmp_path / "p")), read_dir(str(tmp_path / "s"))
+    assert (processed.num_rows, summary.num_rows) == (0, 0)
+    assert processed.schema.names == PROCESSED_COLUMNS and summary.schema.names == SUMMARY_SCHEMA.names
+
+
 SUNDAY = datetime(2026, 11, 29, 23, tzinfo=UTC)
 
 
