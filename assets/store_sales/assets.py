@@ -83,28 +83,30 @@ def partition_of(start: datetime) -> str:
 )
 def store_sales_30min(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from assets.store_sales.checks import recomputation_result, redis_result
-    from assets.store_sales.windows import compute_window, write_window
+    from assets.store_sales.windows import compute_window, rows_table, window_predicate
 
     start = window_of(context.partition_key)
     warehouse, cache = context.resources.warehouse, context.resources.cache
     now = datetime.now(UTC)
-    rows = compute_window(warehouse, start, now)
-    check = recomputation_result(warehouse, start, rows)
     served: list[str] = []
+    # The window, its check and its write read one snapshot of the CDC tables (one transaction; on
+    # DuckDB it also holds the file lock, so no CDC load lands between the computation and the
+    # recomputation, which would fail the check on a race rather than on a defect).
+    with warehouse.transaction() as tx:
+        rows = compute_window(tx, start, now)
+        check = recomputation_result(tx, start, rows)
+        if check.passed:
+            tx.replace_where(TABLE, rows_table(rows), window_predicate(start))
     if not check.passed:
         context.log.error(
             f"window {context.partition_key} not published: {check.description}"
             f" ({check.metadata['differing_count'].value} stores differ)"
         )
+    elif start + serving.WINDOW > now - timedelta(hours=KEEP_HOURS):
+        serving.publish_window(cache, start, rows, keep_hours=KEEP_HOURS)
+        served = [serving.window_key(cache, start)]
     else:
-        write_window(warehouse, start, rows)
-        if start + serving.WINDOW > now - timedelta(hours=KEEP_HOURS):
-            serving.publish_window(cache, start, rows, keep_hours=KEEP_HOURS)
-            served = [serving.window_key(cache, start)]
-        else:
-            context.log.info(
-                f"window {context.partition_key} is older than {KEEP_HOURS} h: not published to Redis"
-            )
+        context.log.info(f"window {context.partition_key} is older than {KEEP_HOURS} h: not put in Redis")
     net = sum((r["net_sales"] for r in rows), Decimal("0"))
     return dg.MaterializeResult(
         metadata={

@@ -206,12 +206,6 @@ def window_predicate(start: datetime) -> str:
     return f"window_start = {sql_ts(window_start_of(start))}"
 
 
-def write_window(warehouse: Warehouse, start: datetime, rows: list[dict[str, Any]]) -> int:
-    """Replace the window's rows in the warehouse table atomically (one transaction)."""
-    with warehouse.transaction() as tx:
-        return int(tx.replace_where(TABLE, rows_table(rows), window_predicate(start)))
-
-
 def read_window(warehouse: Warehouse, start: datetime) -> list[dict[str, Any]]:
     """The window's rows as the warehouse holds them, by store."""
     if not warehouse.table_exists(TABLE):

@@ -98,20 +98,11 @@ class DuckDBWarehouse(Warehouse):
             con.execute(sql)
 
     def table_exists(self, table: str) -> bool:
-        parts = table_parts(table)
+        table_parts(table)  # refuse a bad name before looking
         if not self.database_path().exists():
             return False  # don't create a database file just to look into it
-        schema = parts[-2] if len(parts) > 1 else None
-        catalog = parts[0] if len(parts) == 3 else None
         with self.connect() as con:
-            row = con.execute(
-                "SELECT count(*) FROM information_schema.tables"
-                " WHERE lower(table_name) = lower($table)"
-                " AND lower(table_schema) = lower(coalesce($schema, current_schema()))"
-                " AND lower(table_catalog) = lower(coalesce($catalog, current_database()))",
-                {"table": parts[-1], "schema": schema, "catalog": catalog},
-            ).fetchone()
-        return bool(row and row[0])
+            return _table_exists(con, table)
 
     # --- loading -----------------------------------------------------------
     def load(self, table: str, data: pa.Table, mode: LoadMode = "append", job_id: str | None = None) -> int:
@@ -173,6 +164,9 @@ class DuckDBSession:
 
     def query(self, sql: str) -> pa.Table:
         return self.con.sql(sql).to_arrow_table()
+
+    def table_exists(self, table: str) -> bool:
+        return _table_exists(self.con, table)
 
     def execute(self, sql: str) -> None:
         self.con.execute(sql)
@@ -259,3 +253,17 @@ def _register(con: Any, data: pa.Table) -> str:
     name = _fresh_name()
     con.register(name, data)
     return name
+
+
+def _table_exists(con: Any, table: str) -> bool:
+    parts = table_parts(table)
+    schema = parts[-2] if len(parts) > 1 else None
+    catalog = parts[0] if len(parts) == 3 else None
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables"
+        " WHERE lower(table_name) = lower($table)"
+        " AND lower(table_schema) = lower(coalesce($schema, current_schema()))"
+        " AND lower(table_catalog) = lower(coalesce($catalog, current_database()))",
+        {"table": parts[-1], "schema": schema, "catalog": catalog},
+    ).fetchall()  # all of it: a half-read result blocks the connection's next statement
+    return bool(row and row[0][0])
