@@ -300,6 +300,9 @@ StoreId = Annotated[int, PathParam(ge=1, le=MAX_STORE_ID, description="the store
 def _window_param(value: datetime, name: str) -> datetime:
     try:
         return serving.window_start_of(value)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+04:00 has no UTC time
+        message = f"{name}: {value.isoformat()} is outside the dates a window can have"
+        raise ApiError(422, "invalid_parameter", message, parameter=name) from exc
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", f"{name}: {exc}", parameter=name) from exc
 
