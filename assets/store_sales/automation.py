@@ -11,7 +11,8 @@ WindowDue is true for the windows (partitions) that
 
 The asset's condition adds what Dagster tracks itself: never while a run of the window is queued
 or running (no duplicate runs), and a window whose latest run failed is asked again at the next
-10-minute tick rather than at every evaluation. The condition reads the warehouse, the lake and
+10-minute tick rather than at every evaluation; a window whose blocking check failed is asked again
+10 minutes later (RETRY_AFTER), not at every evaluation. The condition reads the warehouse, the lake and
 the instance, so its sensor is evaluated in the code server (use_user_code_server); the resources
 are built from the profile at evaluation time, never at import.
 """
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 KEEP_HOURS = DEFAULT_KEEP_HOURS
 MAX_PER_EVALUATION = 8  # newest first: a backlog after a pause drains over a few ticks
 RETRY_CRON = "*/10 * * * *"
+RETRY_AFTER = timedelta(minutes=10)
 SENSOR = "store_sales_automation"
 
 
@@ -72,13 +74,12 @@ def floor_window(value: datetime) -> datetime:
     return t.replace(minute=0 if t.minute < 30 else 30, second=0, microsecond=0)
 
 
-def published_late_changes(
+def latest_materializations(
     instance: dg.DagsterInstance, key: dg.AssetKey, partitions: Iterable[str]
-) -> dict[str, int]:
-    """Per partition, the late changes its latest materialization absorbed, if it was published
-    (a run whose blocking check failed records `published: False`)."""
+) -> dict[str, tuple[float, Mapping[str, Any]]]:
+    """Per partition: the timestamp and metadata of its latest materialization."""
     wanted = set(partitions)
-    seen: dict[str, int | None] = {}
+    seen: dict[str, tuple[float, Mapping[str, Any]]] = {}
     cursor = None
     while wanted - seen.keys():
         result = instance.fetch_materializations(
@@ -86,17 +87,43 @@ def published_late_changes(
         )
         for record in result.records:  # newest first: the first seen of a partition is its latest
             pk = record.partition_key
-            if pk is None or pk in seen:
-                continue
-            meta = record.asset_materialization.metadata if record.asset_materialization else {}
-            published = meta.get("published")
-            late = meta.get("late_changes")
-            ok = late is not None and (published is None or published.value is True)
-            seen[pk] = int(late.value) if ok and late is not None else None  # type: ignore[arg-type]
+            if pk is not None and pk not in seen and record.asset_materialization is not None:
+                seen[pk] = (record.timestamp, record.asset_materialization.metadata)
         if not result.has_more:
             break
         cursor = result.cursor
-    return {k: v for k, v in seen.items() if v is not None}
+    return seen
+
+
+def _published(meta: Mapping[str, Any]) -> bool:
+    flag = meta.get("published")
+    return flag is None or flag.value is True
+
+
+def published_late_changes(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: Iterable[str]
+) -> dict[str, int]:
+    """Per partition, the late changes its latest materialization absorbed, if it was published
+    (a run whose blocking check failed records `published: False`)."""
+    return {
+        pk: int(meta["late_changes"].value)
+        for pk, (_, meta) in latest_materializations(instance, key, partitions).items()
+        if "late_changes" in meta and _published(meta)
+    }
+
+
+def recently_blocked(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partitions: Iterable[str], now: datetime
+) -> set[str]:
+    """The partitions whose latest run was blocked by its check less than RETRY_AFTER ago: retried
+    after that, not at every evaluation (the run itself succeeded in recording an unpublished
+    materialization, so Dagster's execution_failed does not hold it back)."""
+    since = (now - RETRY_AFTER).timestamp()
+    return {
+        pk
+        for pk, (ts, meta) in latest_materializations(instance, key, partitions).items()
+        if not _published(meta) and ts > since
+    }
 
 
 def first_sale(warehouse: Warehouse) -> datetime | None:
@@ -127,7 +154,9 @@ def due_partitions(warehouse: Warehouse, lake: Any, instance: dg.DagsterInstance
     late = late_counts(warehouse, max(PARTITIONS.start, now - timedelta(hours=KEEP_HOURS) - WINDOW), now)
     keys = window_keys(watermark, now, first, PARTITIONS.start, partition_of)
     done = published_late_changes(instance, KEY, keys)
-    return due_windows(watermark, now, first, late, done, PARTITIONS.start, partition_of)
+    due = due_windows(watermark, now, first, late, done, PARTITIONS.start, partition_of, limit=None)
+    blocked = recently_blocked(instance, KEY, due, now)
+    return [k for k in due if k not in blocked][:MAX_PER_EVALUATION]
 
 
 class WindowDue(dg.AutomationCondition):

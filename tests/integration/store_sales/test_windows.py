@@ -34,7 +34,12 @@ from fastapi.testclient import TestClient
 from assets.cdc.definitions import build
 from assets.store_sales import serving
 from assets.store_sales.assets import KEY, partition_of, store_sales_30min
-from assets.store_sales.automation import MAX_PER_EVALUATION, published_late_changes
+from assets.store_sales.automation import (
+    MAX_PER_EVALUATION,
+    RETRY_AFTER,
+    published_late_changes,
+    recently_blocked,
+)
 from assets.store_sales.checks import REDIS, redis_result
 from assets.store_sales.windows import TABLE, read_window, sql_ts
 from resources.cache import RedisCache
@@ -381,6 +386,13 @@ def test_windows_from_live_cdc_with_a_late_refund(
             assert _redis_rows(cache, w2) == served_before
             assert partition_of(w2) not in published_late_changes(instance, KEY, [partition_of(w2)])
             assert partition_of(w1) in published_late_changes(instance, KEY, [partition_of(w1)])
+            # Blocked windows are retried after RETRY_AFTER, not at every evaluation.
+            blocked_now = recently_blocked(instance, KEY, [partition_of(w2)], datetime.now(UTC))
+            assert blocked_now == {partition_of(w2)}
+            later = datetime.now(UTC) + RETRY_AFTER + timedelta(seconds=5)
+            assert recently_blocked(instance, KEY, [partition_of(w2)], later) == set()
+            held = dg.evaluate_automation_conditions(defs=store_defs, instance=instance, cursor=third.cursor)
+            assert partition_of(w2) not in held.get_requested_partitions(KEY)
             with warehouse.transaction() as tx:  # the duplicate goes; the window passes again
                 tx.execute(
                     "DELETE FROM cdc_main.shop_payments WHERE rowid IN (SELECT max(rowid) FROM"
