@@ -150,3 +150,59 @@ def pii_key() -> Secret | None:
     if profile_name() != "aws" and path.is_file():
         return Secret(path.read_text().strip(), str(path))
     return None
+
+
+# --- the telemetry domain's ingest API (services/telemetry_api) ---
+def telemetry_stream_name() -> str:
+    """The Kinesis stream the telemetry API puts readings on (aws sink)."""
+    return os.environ.get("PLATFORM_TELEMETRY_STREAM", "data-platform-telemetry")
+
+
+def telemetry_sink() -> str:
+    """local (WAL + raw files) or kinesis; by default kinesis on the aws profile, else local."""
+    value = os.environ.get("PLATFORM_TELEMETRY_SINK", "").strip()
+    return value or ("kinesis" if profile_name() == "aws" else "local")
+
+
+def telemetry_wal_dir() -> Path:
+    return Path(os.environ.get("PLATFORM_TELEMETRY_WAL_DIR", var_dir() / "telemetry" / "wal"))
+
+
+def telemetry_buffer_bytes() -> int:
+    return int(os.environ.get("PLATFORM_TELEMETRY_BUFFER_BYTES", "1000000"))
+
+
+def telemetry_buffer_seconds() -> float:
+    return float(os.environ.get("PLATFORM_TELEMETRY_BUFFER_SECONDS", "60"))
+
+
+def telemetry_device_rate() -> float:
+    return float(os.environ.get("PLATFORM_TELEMETRY_DEVICE_RATE", "10"))
+
+
+def telemetry_global_rate() -> float:
+    return float(os.environ.get("PLATFORM_TELEMETRY_GLOBAL_RATE", "50000"))
+
+
+# --- Spark (resources/spark.py chooses the runner from these) -------------------------------
+def spark_mode() -> str:
+    """Where PySpark jobs run: local (default), standalone or emr-serverless."""
+    return os.environ.get("PLATFORM_SPARK_MODE", "local").strip() or "local"
+
+
+def spark_master_url() -> str | None:
+    """The standalone master (spark://host:port); unset: the cluster `dp spark-cluster up` started."""
+    return env("PLATFORM_SPARK_MASTER")
+
+
+def emr_serverless_application_id() -> str | None:
+    return env("PLATFORM_EMR_SERVERLESS_APP_ID")
+
+
+def emr_serverless_role_arn() -> str | None:
+    return env("PLATFORM_EMR_SERVERLESS_ROLE_ARN")
+
+
+def spark_scripts_s3_uri() -> str | None:
+    """s3://bucket/prefix where the job scripts are uploaded for EMR Serverless."""
+    return env("PLATFORM_SPARK_SCRIPTS_S3_URI")

@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     from services.store_api.cli import add_parser as add_store_api_parser
 
     add_store_api_parser(sub)
+    from services.spark_cluster import add_parser as add_spark_cluster_parser
+
+    add_spark_cluster_parser(sub)
     from services.telemetry_sim.cli import add_parser as add_telemetry_sim_parser
 
     add_telemetry_sim_parser(sub)
+    from services.telemetry_api.cli import add_parser as add_telemetry_api_parser
+
+    add_telemetry_api_parser(sub)
 
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
@@ -199,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.store_api.cli import run as run_store_api
 
         return run_store_api(args)
+    if args.command == "spark-cluster":
+        from services.spark_cluster import run as run_spark_cluster
+
+        return run_spark_cluster(args)
     if args.command == "shop-traffic":
         from services.shop.cli import run as run_shop
 
@@ -207,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.telemetry_sim.cli import run as run_telemetry_sim
 
         return run_telemetry_sim(args)
+    if args.command == "telemetry-api":
+        from services.telemetry_api.cli import run as run_telemetry_api
+
+        return run_telemetry_api(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
