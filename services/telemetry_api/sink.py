@@ -1,0 +1,364 @@
+"""Where accepted readings go: a local write-ahead log with Firehose-style buffering, or Kinesis.
+
+LocalSink
+    Every request is one JSON line appended to the current WAL segment
+    (`<wal_dir>/wal-<n>.jsonl`); a writer thread group-commits the lines of all waiting requests
+    with one write and one fsync, and only then are the requests answered. The readings are
+    also buffered in memory per EVENT hour. The current segment is sealed when one hour's
+    buffer reaches `buffer_bytes` (default 1 MB) or the segment's oldest reading waited
+    `buffer_seconds` (default 60 s), and at shutdown; a sealed segment's readings are written as
+    one Parquet file per event hour, `raw/telemetry/readings/.../hour=HH/part-<n>.parquet`
+    (the name comes from the segment, so writing it again overwrites), and the segment file is
+    deleted only after all its files are written. On start, segments left by a crash are
+    replayed the same way, before any request is served.
+
+KinesisSink
+    `put_records` to the stream, one record a reading (partition key: the device), retrying the
+    records a partial failure names; answered after Kinesis accepted every record.
+    `KinesisConsumer` reads every shard and feeds the records into a LocalSink (its own WAL), then
+    checkpoints the shard's sequence number in the lake, so the raw files are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from resources.lake import LakePartition, LakeStorage, Tier, object_key
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "telemetry"
+DATASET = "readings"
+HOUR = timedelta(hours=1)
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("temperature", pa.float64()),
+        ("humidity", pa.float64()),
+        ("pressure", pa.float64()),
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+        ("metadata_version", pa.string()),
+        ("metadata_source", pa.string()),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("batch_id", pa.string()),
+    ]
+)
+
+
+class SinkUnavailable(Exception):
+    """The readings could not be made durable (the answer is 503; nothing was acknowledged)."""
+
+
+class Sink(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+    async def write(self, readings: list[dict[str, Any]], batch_id: str, received_at: datetime) -> None: ...
+    def health(self) -> tuple[bool, str]: ...
+
+
+# --- rows and files ---------------------------------------------------------------
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def event_hour(reading: dict[str, Any]) -> datetime:
+    ts = _parse_time(reading["timestamp"])
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def raw_row(reading: dict[str, Any], batch_id: str, received_at: str) -> dict[str, Any]:
+    location = reading.get("location") or {}
+    metadata = reading.get("metadata") or {}
+
+    def num(name: str) -> float | None:
+        value = reading.get(name)
+        return None if value is None else float(value)
+
+    return {
+        "device_id": reading["device_id"],
+        "timestamp": _parse_time(reading["timestamp"]),
+        "temperature": num("temperature"),
+        "humidity": num("humidity"),
+        "pressure": num("pressure"),
+        "latitude": None if location.get("latitude") is None else float(location["latitude"]),
+        "longitude": None if location.get("longitude") is None else float(location["longitude"]),
+        "metadata_version": metadata.get("version"),
+        "metadata_source": metadata.get("source"),
+        "received_at": _parse_time(received_at),
+        "batch_id": batch_id,
+    }
+
+
+def raw_key(hour: datetime, filename: str) -> str:
+    return object_key(Tier.RAW, DOMAIN, DATASET, filename, LakePartition.for_window(hour, HOUR))
+
+
+def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="snappy")
+    return out.getvalue()
+
+
+# --- the local sink: WAL + buffers ---------------------------------------------------------
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    first_record: float | None = None
+    rows: dict[datetime, list[dict[str, Any]]] = field(default_factory=dict)
+    sizes: dict[datetime, int] = field(default_factory=dict)
+
+
+def _segment_name(number: int) -> str:
+    return f"wal-{number:010d}.jsonl"
+
+
+def _file_name(number: int) -> str:
+    return f"part-{number:010d}.parquet"
+
+
+class LocalSink:
+    """WAL then 200; buffered per event hour; Parquet to the raw tier at 1 MB / 60 s / shutdown."""
+
+    def __init__(
+        self,
+        lake: LakeStorage,
+        wal_dir: Path,
+        buffer_bytes: int = 1_000_000,
+        buffer_seconds: float = 60.0,
+        file_prefix: str = "",
+    ):
+        self.lake = lake
+        self.wal_dir = Path(wal_dir)
+        self.buffer_bytes = buffer_bytes
+        self.buffer_seconds = buffer_seconds
+        self.file_prefix = file_prefix
+        self._requests: queue.Queue[tuple[bytes, list[dict[str, Any]], Future[None]] | None] = queue.Queue()
+        self._sealed: queue.Queue[_Segment | None] = queue.Queue()
+        self._segment: _Segment | None = None
+        self._fh: Any = None
+        self._writer: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
+        self._error: str | None = None
+        self._flush_error: str | None = None
+        self._closed = False
+
+    # lifecycle
+    def start(self) -> None:
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        numbers = sorted(int(p.name[4:14]) for p in self.wal_dir.glob("wal-*.jsonl"))
+        for number in numbers:  # a crash left these: their files are written again (same names)
+            self._flush_segment(self._read_segment(number), retry=False)
+        self._open_segment((numbers[-1] + 1) if numbers else 1)
+        self._writer = threading.Thread(target=self._write_loop, name="telemetry-wal", daemon=True)
+        self._flusher = threading.Thread(target=self._flush_loop, name="telemetry-flush", daemon=True)
+        self._writer.start()
+        self._flusher.start()
+
+    def close(self) -> None:
+        if self._closed or self._writer is None or self._flusher is None:
+            return
+        self._closed = True
+        self._requests.put(None)
+        self._writer.join()
+        self._flusher.join()
+
+    def health(self) -> tuple[bool, str]:
+        if self._error:
+            return False, f"write-ahead log failed: {self._error}"
+        if not os.access(self.wal_dir, os.W_OK):
+            return False, f"write-ahead log directory {self.wal_dir} is not writable"
+        if self._flush_error:
+            return True, f"WAL writable; raw files are retried after: {self._flush_error}"
+        return True, f"WAL {self.wal_dir} writable"
+
+    async def write(self, readings: list[dict[str, Any]], batch_id: str, received_at: datetime) -> None:
+        await asyncio.wrap_future(self.write_future(readings, batch_id, received_at))
+
+    def write_future(
+        self, readings: list[dict[str, Any]], batch_id: str, received_at: datetime
+    ) -> Future[None]:
+        """Queue the request for the next group commit; the future is done once it is fsynced."""
+        fut: Future[None] = Future()
+        if self._closed:
+            fut.set_exception(SinkUnavailable("the sink is shutting down"))
+            return fut
+        stamp = received_at.astimezone(UTC).isoformat()
+        record = {"batch_id": batch_id, "received_at": stamp, "readings": readings}
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        self._requests.put((line, _rows(readings, batch_id, stamp), fut))
+        return fut
+
+    # --- the WAL writer (one thread) ---
+    def _open_segment(self, number: int) -> None:
+        path = self.wal_dir / _segment_name(number)
+        self._fh = open(path, "ab")  # noqa: SIM115 - held open for appends
+        self._segment = _Segment(number, path)
+        _fsync_dir(self.wal_dir)
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[tuple[bytes, list[dict[str, Any]], Future[None]]] = []
+            try:
+                item = self._requests.get(timeout=min(1.0, max(self.buffer_seconds / 4, 0.05)))
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            except queue.Empty:
+                pass
+            while not stopping:
+                try:
+                    more = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if batch:
+                self._commit(batch)
+            segment = self._segment
+            if segment is not None and segment.first_record is not None:
+                full = any(size >= self.buffer_bytes for size in segment.sizes.values())
+                old = time.monotonic() - segment.first_record >= self.buffer_seconds
+                if full or old or stopping:
+                    self._seal()
+        if self._fh is not None:
+            self._fh.close()
+            if self._segment is not None and self._segment.first_record is None:
+                self._segment.path.unlink(missing_ok=True)
+        self._sealed.put(None)
+
+    def _commit(self, batch: list[tuple[bytes, list[dict[str, Any]], Future[None]]]) -> None:
+        assert self._segment is not None
+        try:
+            self._fh.write(b"".join(line for line, _, _ in batch))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            log.error("telemetry WAL append failed: %s", self._error)
+            for _, _, fut in batch:
+                fut.set_exception(SinkUnavailable(f"write-ahead log append failed: {exc}"))
+            return
+        self._error = None
+        segment = self._segment
+        for line, rows, fut in batch:
+            if segment.first_record is None:
+                segment.first_record = time.monotonic()
+            per_row = max(len(line) // max(len(rows), 1), 1)
+            for row in rows:
+                hour = event_hour(row["_reading"])
+                segment.rows.setdefault(hour, []).append(row)
+                segment.sizes[hour] = segment.sizes.get(hour, 0) + per_row
+            fut.set_result(None)
+
+    def _seal(self) -> None:
+        assert self._segment is not None
+        self._fh.close()
+        sealed = self._segment
+        self._open_segment(sealed.number + 1)
+        self._sealed.put(sealed)
+
+    # --- the flusher (one thread) ---
+    def _flush_loop(self) -> None:
+        while True:
+            segment = self._sealed.get()
+            if segment is None:
+                return
+            self._flush_segment(segment, retry=True)
+
+    def _flush_segment(self, segment: _Segment, retry: bool) -> None:
+        delay = 0.5
+        while True:
+            try:
+                for hour, rows in sorted(segment.rows.items()):
+                    key = raw_key(hour, self.file_prefix + _file_name(segment.number))
+                    self.lake.put_bytes(key, parquet_bytes([_strip(r) for r in rows]))
+                segment.path.unlink(missing_ok=True)  # every reading of it is in a written file
+                self._flush_error = None
+                return
+            except Exception as exc:
+                self._flush_error = f"{type(exc).__name__}: {exc}"
+                log.error("telemetry raw flush of %s failed (kept, retried): %s", segment.path.name, exc)
+                if not retry:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _read_segment(self, number: int) -> _Segment:
+        segment = _Segment(number, self.wal_dir / _segment_name(number))
+        with open(segment.path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # a torn last append: never fsynced, so never acknowledged
+                record = json.loads(line)
+                for row in _rows(record["readings"], record["batch_id"], record["received_at"]):
+                    segment.rows.setdefault(event_hour(row["_reading"]), []).append(row)
+        return segment
+
+
+def _rows(readings: Iterable[dict[str, Any]], batch_id: str, received_at: str) -> list[dict[str, Any]]:
+    out = []
+    for reading in readings:
+        row = raw_row(reading, batch_id, received_at)
+        row["_reading"] = reading
+        out.append(row)
+    return out
+
+
+def _strip(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "_reading"}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build_sink() -> tuple[Any, str]:
+    """The sink the settings choose, with the profile's lake."""
+    from resources import settings
+    from resources.profiles import PROFILES
+
+    kind = settings.telemetry_sink()
+    if kind != "local":
+        raise ValueError(f"PLATFORM_TELEMETRY_SINK={kind!r}: only 'local' is built so far")
+    lake = PROFILES[settings.profile_name()]()["lake"]
+    sink = LocalSink(
+        lake,
+        settings.telemetry_wal_dir(),
+        buffer_bytes=settings.telemetry_buffer_bytes(),
+        buffer_seconds=settings.telemetry_buffer_seconds(),
+    )
+    return sink, "local"
