@@ -47,6 +47,7 @@ from services.telemetry_api.sink import Sink, SinkUnavailable, new_batch_id
 TOKEN_ENV = "TELEMETRY_API_TOKEN"
 MAX_FUTURE = timedelta(minutes=5)
 MAX_AGE = timedelta(days=7)
+BEARER = HTTPBearer(auto_error=False)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,6 @@ def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: 
         raise ValueError(f"the API needs a bearer token (set {TOKEN_ENV})")
     limits = limits or Limits()
     buckets = TokenBuckets(limits.device_rate, limits.global_rate)
-    bearer = HTTPBearer(auto_error=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -263,7 +263,7 @@ def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: 
     app = FastAPI(title="Fleet telemetry ingest API", version="1.0.0", lifespan=lifespan)
 
     def check_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
     ) -> None:
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token", "Authorization",
