@@ -192,3 +192,21 @@ def test_emr_serverless_request(local_aws: AwsClients) -> None:
         EmrServerlessSparkRunner(
             application_id=app_id, execution_role_arn="arn:x", scripts_s3_uri="/local/dir"
         ).entry_point("job.py")
+
+
+def test_dp_spark_cluster_status(cluster: spark_cluster.SparkCluster) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PLATFORM_VAR_DIR": str(Path(cluster.directory).parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "spark-cluster", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"master {cluster.master_url} (ALIVE)" in out.stdout
+    assert ": ALIVE, 2 cores, 2048 MB" in out.stdout
