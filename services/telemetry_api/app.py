@@ -127,6 +127,7 @@ class Health(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "the body could not be parsed",
         401: "missing or wrong bearer token",
         413: "body over 1 MiB or batch over 500 readings",
         422: "a reading is invalid (named in error.parameter)",
@@ -291,12 +292,12 @@ def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: 
 
     router = APIRouter(prefix="/v1", dependencies=[Security(check_token)])
 
-    @router.post("/readings", response_model=Accepted, responses=_errors(401, 413, 422, 429, 503))
+    @router.post("/readings", response_model=Accepted, responses=_errors(400, 401, 413, 422, 429, 503))
     async def post_reading(reading: Reading) -> Accepted:
         """One reading; answered once it is durable."""
         return await accept([reading])
 
-    @router.post("/readings/batch", response_model=Accepted, responses=_errors(401, 413, 422, 429, 503))
+    @router.post("/readings/batch", response_model=Accepted, responses=_errors(400, 401, 413, 422, 429, 503))
     async def post_batch(batch: Batch) -> Accepted:
         """Up to 500 readings; all are accepted or none."""
         return await accept(batch.readings)
@@ -338,8 +339,13 @@ def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        parameter = "body" if exc.status_code == 400 else None
+        return error_response(
+            exc.status_code, code, str(exc.detail), parameter, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -163,9 +163,14 @@ class LocalSink:
         self._error: str | None = None
         self._flush_error: str | None = None
         self._closed = False
+        self._users = 0
 
     # lifecycle
     def start(self) -> None:
+        """Replay what a crash left, then run. Nested starts (an app started twice) share one run."""
+        self._users += 1
+        if self._users > 1:
+            return
         self.wal_dir.mkdir(parents=True, exist_ok=True)
         numbers = sorted(int(p.name[4:14]) for p in self.wal_dir.glob("wal-*.jsonl"))
         for number in numbers:  # a crash left these: their files are written again (same names)
@@ -177,7 +182,9 @@ class LocalSink:
         self._flusher.start()
 
     def close(self) -> None:
-        if self._closed or self._writer is None or self._flusher is None:
+        """Seal and flush everything buffered; the last of nested starts closes."""
+        self._users -= 1
+        if self._users > 0 or self._closed or self._writer is None or self._flusher is None:
             return
         self._closed = True
         self._requests.put(None)
