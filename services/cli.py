@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.telemetry_api.cli import run as run_telemetry_api
 
         return run_telemetry_api(args)
+    if args.command == "telemetry-consumer":
+        from services.telemetry_api.cli import run_consumer as run_telemetry_consumer
+
+        return run_telemetry_consumer(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
