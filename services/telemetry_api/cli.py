@@ -16,6 +16,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    c = sub.add_parser(
+        "telemetry-consumer",
+        help="read every shard of the telemetry Kinesis stream into the raw tier (as the local sink)",
+    )
+    c.add_argument("--once", action="store_true", help="read every shard to its end once, flush, and exit")
+    c.add_argument("--interval", type=float, default=1.0, help="seconds between polls of an idle stream")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +45,26 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         log_level="info",
     )
+    return 0
+
+
+def run_consumer(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from services.telemetry_api.sink import build_consumer
+
+    consumer = build_consumer()
+    if args.once:
+        consumer.sink.start()
+        try:
+            taken = consumer.poll()
+        finally:
+            consumer.sink.close()
+        print(f"telemetry-consumer: {taken} readings from {consumer.stream}")
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    consumer.run(stop, interval=args.interval)
     return 0

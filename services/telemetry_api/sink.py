@@ -359,9 +359,12 @@ def build_sink() -> tuple[Any, str]:
     from resources.profiles import PROFILES
 
     kind = settings.telemetry_sink()
+    resources = PROFILES[settings.profile_name()]()
+    if kind == "kinesis":
+        return KinesisSink(resources["aws"], settings.telemetry_stream_name()), "kinesis"
     if kind != "local":
-        raise ValueError(f"PLATFORM_TELEMETRY_SINK={kind!r}: only 'local' is built so far")
-    lake = PROFILES[settings.profile_name()]()["lake"]
+        raise ValueError(f"PLATFORM_TELEMETRY_SINK={kind!r}: expected local or kinesis")
+    lake = resources["lake"]
     sink = LocalSink(
         lake,
         settings.telemetry_wal_dir(),
@@ -369,3 +372,130 @@ def build_sink() -> tuple[Any, str]:
         buffer_seconds=settings.telemetry_buffer_seconds(),
     )
     return sink, "local"
+
+
+def build_consumer() -> KinesisConsumer:
+    """`dp telemetry-consumer`: the stream into a LocalSink (its WAL and buffers) and the lake."""
+    from resources import settings
+    from resources.profiles import PROFILES
+
+    resources = PROFILES[settings.profile_name()]()
+    sink = LocalSink(
+        resources["lake"],
+        settings.telemetry_wal_dir(),
+        buffer_bytes=settings.telemetry_buffer_bytes(),
+        buffer_seconds=settings.telemetry_buffer_seconds(),
+    )
+    return KinesisConsumer(resources["aws"], settings.telemetry_stream_name(), sink, resources["lake"])
+
+
+# --- the aws sink: Kinesis, and its consumer -------------------------------------------------
+class KinesisSink:
+    """put_records, one record a reading; the 200 only after Kinesis accepted every record."""
+
+    def __init__(self, aws: Any, stream: str, attempts: int = 6):
+        self.aws, self.stream, self.attempts = aws, stream, attempts
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            summary = self.aws.client("kinesis").describe_stream_summary(StreamName=self.stream)
+        except Exception as exc:
+            return False, f"Kinesis stream {self.stream}: {type(exc).__name__}"
+        status = summary["StreamDescriptionSummary"]["StreamStatus"]
+        ok = status in ("ACTIVE", "UPDATING")
+        return ok, f"Kinesis stream {self.stream} is {status}"
+
+    async def write(self, readings: list[dict[str, Any]], batch_id: str, received_at: datetime) -> None:
+        await asyncio.to_thread(self.put, readings, batch_id, received_at)
+
+    def put(self, readings: list[dict[str, Any]], batch_id: str, received_at: datetime) -> None:
+        stamp = received_at.astimezone(UTC).isoformat()
+        pending = [
+            {
+                "Data": json.dumps({"batch_id": batch_id, "received_at": stamp, "reading": r}).encode(),
+                "PartitionKey": r["device_id"],
+            }
+            for r in readings
+        ]
+        client = self.aws.client("kinesis")
+        delay = 0.1
+        for attempt in range(self.attempts):
+            try:
+                response = client.put_records(StreamName=self.stream, Records=pending)
+            except Exception as exc:
+                if attempt == self.attempts - 1:
+                    raise SinkUnavailable(f"Kinesis put_records failed: {type(exc).__name__}") from exc
+            else:
+                # a partial failure: only the records Kinesis names are sent again
+                pending = [
+                    rec for rec, res in zip(pending, response["Records"], strict=True) if res.get("ErrorCode")
+                ]
+                if not pending:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise SinkUnavailable(f"Kinesis refused {len(pending)} records after {self.attempts} attempts")
+
+
+class KinesisConsumer:
+    """Reads every shard into a LocalSink; a shard's sequence number is checkpointed in the lake
+    after the records up to it are in the sink's WAL (a crash in between replays them: at least once)."""
+
+    def __init__(self, aws: Any, stream: str, sink: LocalSink, lake: LakeStorage, limit: int = 1000):
+        self.aws, self.stream, self.sink, self.lake, self.limit = aws, stream, sink, lake, limit
+        self.checkpoint_key = object_key(Tier.RAW, DOMAIN, "kinesis_checkpoints", f"{stream}.json")
+
+    def checkpoints(self) -> dict[str, str]:
+        if not self.lake.exists(self.checkpoint_key):
+            return {}
+        data: dict[str, str] = json.loads(self.lake.get_bytes(self.checkpoint_key))
+        return data
+
+    def poll(self) -> int:
+        """Read every shard to its end once; the number of readings taken."""
+        client = self.aws.client("kinesis")
+        checkpoints = self.checkpoints()
+        taken = 0
+        shards = client.list_shards(StreamName=self.stream)["Shards"]
+        for shard in shards:
+            shard_id = shard["ShardId"]
+            start: dict[str, str] = {"ShardIteratorType": "TRIM_HORIZON"}
+            if shard_id in checkpoints:
+                start = {
+                    "ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+                    "StartingSequenceNumber": checkpoints[shard_id],
+                }
+            it = client.get_shard_iterator(StreamName=self.stream, ShardId=shard_id, **start)
+            iterator = it["ShardIterator"]
+            while iterator:
+                response = client.get_records(ShardIterator=iterator, Limit=self.limit)
+                records = response["Records"]
+                if not records:
+                    break
+                futures = []
+                for record in records:
+                    item = json.loads(record["Data"])
+                    received = _parse_time(item["received_at"])
+                    futures.append(self.sink.write_future([item["reading"]], item["batch_id"], received))
+                for fut in futures:
+                    fut.result()
+                taken += len(records)
+                checkpoints[shard_id] = records[-1]["SequenceNumber"]
+                self.lake.put_bytes(self.checkpoint_key, json.dumps(checkpoints).encode())
+                iterator = response.get("NextShardIterator")
+        return taken
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        self.sink.start()
+        try:
+            while not stop.is_set():
+                if self.poll() == 0:
+                    stop.wait(interval)
+        finally:
+            self.sink.close()
