@@ -107,3 +107,41 @@ def test_kinesis_sink_and_consumer_write_the_local_sinks_rows(local_aws: AwsClie
     assert sorted(map(key, from_kinesis)) == sorted(map(key, from_local))
     assert len({r["batch_id"] for r in from_kinesis}) == 4  # each request's batch id went through the stream
     assert sum(r["temperature"] is None for r in from_kinesis) == 4
+
+
+def test_dp_telemetry_consumer_once_as_a_process(local_aws: AwsClients, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    stream = f"telemetry-{uuid.uuid4().hex[:8]}"
+    kinesis = local_aws.client("kinesis")
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    wait_for(
+        lambda: (
+            kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"]
+            == "ACTIVE"
+        ),
+        timeout=30,
+        what="the stream to be active",
+    )
+    sink = KinesisSink(local_aws, stream)
+    batch = _batches()[0]
+    sink.put(batch, "batch-one", datetime.now(UTC))
+    env = {
+        **os.environ,
+        "PLATFORM_PROFILE": "local",
+        "PLATFORM_TELEMETRY_STREAM": stream,
+        "PLATFORM_LAKE_DIR": str(tmp_path / "lake"),
+        "PLATFORM_TELEMETRY_WAL_DIR": str(tmp_path / "wal"),
+    }
+    cmd = [sys.executable, "-m", "services.cli", "telemetry-consumer", "--once"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"40 readings from {stream}" in done.stdout
+    rows = _raw(tmp_path / "lake")
+    assert sorted(r["device_id"] for r in rows) == sorted(r["device_id"] for r in batch)
+    assert {r["batch_id"] for r in rows} == {"batch-one"}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"0 readings from {stream}" in again.stdout
+    assert len(_raw(tmp_path / "lake")) == 40
