@@ -71,10 +71,25 @@ class Metadata(BaseModel):
     source: str = Field(max_length=64)
 
 
+def _example(schema: dict[str, Any]) -> None:
+    """A reading stamped when the schema is made (an example must lie in the accepted window)."""
+    schema["examples"] = [
+        {
+            "device_id": "truck-0042",
+            "timestamp": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "temperature": 21.5,
+            "humidity": 48.0,
+            "pressure": 1012.8,
+            "location": {"latitude": 37.5665, "longitude": 126.978},
+            "metadata": {"version": "1.4.2", "source": "gateway-7"},
+        }
+    ]
+
+
 class Reading(BaseModel):
     """One sensor reading (the seed's raw schema); null measurements are sensor faults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_example)
     device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     timestamp: AwareDatetime = Field(description="RFC 3339 with a UTC offset; -7 days .. +5 minutes")
     temperature: float | None = Field(default=None, ge=-60, le=120, description="°C")
@@ -247,7 +262,11 @@ class BodyLimit:
 
 
 # --- the app ----------------------------------------------------------------------------
-def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: str = "local") -> FastAPI:
+def create_app(
+    sink: Sink, token: str, limits: Limits | None = None, sink_name: str = "local", manage_sink: bool = True
+) -> FastAPI:
+    """The API over `sink`; with manage_sink the app's lifespan starts the sink (replaying its WAL)
+    and closes it (flushing every buffer), else the caller does."""
     if not token:
         raise ValueError(f"the API needs a bearer token (set {TOKEN_ENV})")
     limits = limits or Limits()
@@ -255,6 +274,9 @@ def create_app(sink: Sink, token: str, limits: Limits | None = None, sink_name: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not manage_sink:
+            yield
+            return
         sink.start()  # replays what a crash left in the WAL before serving
         try:
             yield
