@@ -275,7 +275,10 @@ def _store_sales_through_the_stack(instance, shop: str, api_port: int, proc) -> 
     top = f"/v1/windows/{serving.window_token(w1)}/top?n=100"
     first = _wait(lambda: _api(api_port, top), 300, "the first window in the store API", proc)
     assert first["from"] == "redis" and first["body"]["stores"], first
-    event = instance.get_latest_materialization_event(KEY)
+    # The window is served before its run stores the materialization (the checks follow the publish).
+    event = _wait(
+        lambda: instance.get_latest_materialization_event(KEY), 120, "the window's materialization", proc
+    )
     run = instance.get_run_by_id(event.run_id)
     assert run.tags.get("dagster/sensor_name") == "store_sales_automation", run.tags
 

@@ -48,22 +48,23 @@ def client(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("body", "parameter", "words"),
+    ("make", "parameter", "words"),
+    # Bodies are built when the test runs: a timestamp made at collection is stale minutes later.
     [
-        ({k: v for k, v in reading().items() if k != "device_id"}, "device_id", "required"),
-        (reading(timestamp="yesterday"), "timestamp", "datetime"),
-        (reading(timestamp="2026-01-01T10:00:00"), "timestamp", "timezone"),
-        (reading(timestamp=_ts(timedelta(days=8))), "timestamp", "older than 7 days"),
-        (reading(timestamp=_ts(timedelta(minutes=-10))), "timestamp", "future"),
-        (reading(temperature=150), "temperature", "less than or equal to 120"),
-        (reading(humidity="wet"), "humidity", "number"),
-        (reading(location={"latitude": 91, "longitude": 0}), "location.latitude", "90"),
-        (reading(colour="red"), "colour", "unknown field"),
-        (reading(device_id="bad id!"), "device_id", "pattern"),
+        (lambda: {k: v for k, v in reading().items() if k != "device_id"}, "device_id", "required"),
+        (lambda: reading(timestamp="yesterday"), "timestamp", "datetime"),
+        (lambda: reading(timestamp="2026-01-01T10:00:00"), "timestamp", "timezone"),
+        (lambda: reading(timestamp=_ts(timedelta(days=8))), "timestamp", "older than 7 days"),
+        (lambda: reading(timestamp=_ts(timedelta(minutes=-10))), "timestamp", "future"),
+        (lambda: reading(temperature=150), "temperature", "less than or equal to 120"),
+        (lambda: reading(humidity="wet"), "humidity", "number"),
+        (lambda: reading(location={"latitude": 91, "longitude": 0}), "location.latitude", "90"),
+        (lambda: reading(colour="red"), "colour", "unknown field"),
+        (lambda: reading(device_id="bad id!"), "device_id", "pattern"),
     ],
 )
-def test_malformed_reading_names_the_field(client: TestClient, body, parameter: str, words: str) -> None:
-    response = client.post("/v1/readings", json=body, headers=AUTH)
+def test_malformed_reading_names_the_field(client: TestClient, make, parameter: str, words: str) -> None:
+    response = client.post("/v1/readings", json=make(), headers=AUTH)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["parameter"] == parameter
