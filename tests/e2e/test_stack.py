@@ -123,8 +123,15 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
     ui_port, moto_port, api_port = free_port(), free_port(), free_port()
     database, mapping, shop = cdc_source
     # The sample source databases live on the machine's servers, not under var: leave them alone.
+    # A Redis database of the test's own: the windows an earlier stack served (same key prefix, 48 h
+    # TTL) would otherwise answer for this stack's.
+    import redis
+
+    redis_url = "redis://127.0.0.1:6379/13"
+    redis.Redis.from_url(redis_url).flushdb()
     env = {
         **os.environ,
+        "PLATFORM_REDIS_URL": redis_url,
         "PLATFORM_VAR_DIR": str(var),
         "PLATFORM_DEMO_SOURCES": "0",
         "PLATFORM_CDC_MAPPING": str(mapping),
