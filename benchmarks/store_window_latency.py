@@ -133,8 +133,14 @@ def main() -> int:
             }
         )
     )
+    # A Redis database of its own: the windows it serves (48 h TTL) must not answer for `make run`'s.
+    import redis
+
+    redis_url = "redis://127.0.0.1:6379/14"
+    redis.Redis.from_url(redis_url).flushdb()
     env = dict(os.environ)
     env.update(
+        PLATFORM_REDIS_URL=redis_url,
         PLATFORM_VAR_DIR=str(var),
         PLATFORM_CDC_MAPPING=str(mapping_dir),
         PLATFORM_DEMO_SOURCES="0",
