@@ -32,21 +32,8 @@ JOB = REPO / "assets" / "telemetry" / "spark" / "process_hour.py"
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)  # a Tuesday
 LATE_CUTOFF = HOUR + timedelta(minutes=65)
 
-RAW_SCHEMA = pa.schema(
-    [
-        ("device_id", pa.string()),
-        ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("temperature", pa.float64()),
-        ("humidity", pa.float64()),
-        ("pressure", pa.float64()),
-        ("latitude", pa.float64()),
-        ("longitude", pa.float64()),
-        ("metadata_version", pa.string()),
-        ("metadata_source", pa.string()),
-        ("received_at", pa.timestamp("us", tz="UTC")),
-        ("batch_id", pa.string()),
-    ]
-)
+from services.telemetry_api.sink import RAW_SCHEMA  # noqa: E402  (the raw tier's contract)
+
 SUMMARY_SCHEMA = pa.schema(
     [
         ("device_id", pa.string()),
