@@ -184,6 +184,46 @@ def telemetry_global_rate() -> float:
     return float(os.environ.get("PLATFORM_TELEMETRY_GLOBAL_RATE", "50000"))
 
 
+# --- the telemetry tiers: lifecycle, archive, SQL catalog (assets/telemetry/lifecycle.py) ---
+# Raw readings are reproducible from nothing else, but processed holds every reading cleaned,
+# so raw is kept briefly; processed 3 years (the seed's legal retention); summaries 5 years.
+_TELEMETRY_RETENTION_DEFAULTS = {"raw": 90, "processed": 1095, "curated": 1825}
+
+
+def _positive_days(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        days = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number of days") from None
+    if days <= 0:
+        raise ValueError(f"{name}={raw!r} must be a positive number of days")
+    return days
+
+
+def telemetry_retention_days(tier: str) -> int:
+    """Days a telemetry tier's data is kept (PLATFORM_TELEMETRY_<TIER>_RETENTION_DAYS)."""
+    if tier not in _TELEMETRY_RETENTION_DEFAULTS:
+        raise ValueError(
+            f"no telemetry retention for tier {tier!r}; tiers: {sorted(_TELEMETRY_RETENTION_DEFAULTS)}"
+        )
+    return _positive_days(
+        f"PLATFORM_TELEMETRY_{tier.upper()}_RETENTION_DAYS", _TELEMETRY_RETENTION_DEFAULTS[tier]
+    )
+
+
+def telemetry_archive_after_days() -> int:
+    """Days after which the local archive compacts a day's hourly files (S3: Standard-IA)."""
+    return _positive_days("PLATFORM_TELEMETRY_ARCHIVE_AFTER_DAYS", 30)
+
+
+def telemetry_glue_database() -> str:
+    """The Glue catalog database of the telemetry tiers' tables (S3 lake)."""
+    return os.environ.get("PLATFORM_TELEMETRY_GLUE_DATABASE", "data_platform_telemetry")
+
+
 # --- Spark (resources/spark.py chooses the runner from these) -------------------------------
 def spark_mode() -> str:
     """Where PySpark jobs run: local (default), standalone or emr-serverless."""

@@ -1,5 +1,5 @@
 """Create the AWS objects the platform expects (idempotent): queues with a dead-letter queue,
-and the lake bucket with S3 event notifications to the landing queue."""
+and the lake bucket with S3 event notifications to the landing queue and its lifecycle rules."""
 
 from __future__ import annotations
 
@@ -117,6 +117,11 @@ def ensure_bucket_fanout(aws: AwsClients, bucket: str, topic_name: str, queue_na
         }
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)  # idempotent for the same endpoint
+    # The telemetry tiers' lifecycle (Standard-IA, Glacier, expiry), merged with the bucket's other rules.
+    from assets.telemetry.lifecycle import apply_lifecycle  # lazy: the bootstrap loads no assets otherwise
+    from resources.lake import S3Lake
+
+    apply_lifecycle(S3Lake(aws=aws, bucket=bucket))
     s3.put_bucket_notification_configuration(
         Bucket=bucket,
         NotificationConfiguration={
