@@ -224,6 +224,24 @@ def telemetry_glue_database() -> str:
     return os.environ.get("PLATFORM_TELEMETRY_GLUE_DATABASE", "data_platform_telemetry")
 
 
+# --- the telemetry alert path (services/telemetry_alerts) ---
+def telemetry_alert_sink() -> str:
+    """Where anomaly alerts go: log (the local alert log), sns (SNS, recorded in the alert log too)
+    or off; by default sns when readings go through Kinesis (the aws path), else log."""
+    value = os.environ.get("PLATFORM_TELEMETRY_ALERT_SINK", "").strip()
+    return value or ("sns" if telemetry_sink() == "kinesis" else "log")
+
+
+def telemetry_alert_log() -> Path:
+    """The append-only JSON-lines alert log (also the SNS sink's record of what it published)."""
+    return Path(os.environ.get("PLATFORM_TELEMETRY_ALERT_LOG", var_dir() / "telemetry" / "alerts.jsonl"))
+
+
+def telemetry_alerts_topic_name() -> str:
+    """The SNS topic that receives one message per anomaly episode."""
+    return os.environ.get("PLATFORM_TELEMETRY_ALERTS_TOPIC", "data-platform-telemetry-alerts")
+
+
 # --- Spark (resources/spark.py chooses the runner from these) -------------------------------
 def spark_mode() -> str:
     """Where PySpark jobs run: local (default), standalone or emr-serverless."""

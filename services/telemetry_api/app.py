@@ -19,6 +19,9 @@ Environment (read by `create_app_from_env`, i.e. `dp telemetry-api`):
     PLATFORM_TELEMETRY_BUFFER_BYTES / PLATFORM_TELEMETRY_BUFFER_SECONDS   1000000 / 60
     PLATFORM_TELEMETRY_DEVICE_RATE / PLATFORM_TELEMETRY_GLOBAL_RATE       10 / 50000 readings/s
     PLATFORM_LAKE_DIR, PLATFORM_LAKE_BUCKET, PLATFORM_AWS_ENDPOINT_URL   as for the rest of the platform
+    PLATFORM_TELEMETRY_ALERT_SINK  log | sns | off: anomaly alerts of the local sink's committed
+                                   readings (services/telemetry_alerts; default log, sns for kinesis)
+    PLATFORM_TELEMETRY_ALERT_LOG / PLATFORM_TELEMETRY_ALERTS_TOPIC   the alert log / the SNS topic
 """
 
 from __future__ import annotations

@@ -69,6 +69,16 @@ class SinkUnavailable(Exception):
     """The readings could not be made durable (the answer is 503; nothing was acknowledged)."""
 
 
+class CommitListener(Protocol):
+    """Told of every request's readings once they are durable (and of a replay's, before serving);
+    services/telemetry_alerts.feed.AlertFeed is one. `committed` must only queue: it runs on the
+    WAL writer thread."""
+
+    def start(self) -> None: ...
+    def committed(self, readings: list[dict[str, Any]], received_at: datetime) -> None: ...
+    def close(self) -> None: ...
+
+
 class Sink(Protocol):
     def start(self) -> None: ...
     def close(self) -> None: ...
@@ -148,8 +158,10 @@ class LocalSink:
         buffer_bytes: int = 1_000_000,
         buffer_seconds: float = 60.0,
         file_prefix: str = "",
+        listener: CommitListener | None = None,
     ):
         self.lake = lake
+        self.listener = listener
         self.wal_dir = Path(wal_dir)
         self.buffer_bytes = buffer_bytes
         self.buffer_seconds = buffer_seconds
@@ -172,6 +184,8 @@ class LocalSink:
         if self._users > 1:
             return
         self.wal_dir.mkdir(parents=True, exist_ok=True)
+        if self.listener is not None:
+            self.listener.start()  # before the replay, which it is told of
         numbers = sorted(int(p.name[4:14]) for p in self.wal_dir.glob("wal-*.jsonl"))
         for number in numbers:  # a crash left these: their files are written again (same names)
             self._flush_segment(self._read_segment(number), retry=False)
@@ -190,6 +204,8 @@ class LocalSink:
         self._requests.put(None)
         self._writer.join()
         self._flusher.join()
+        if self.listener is not None:
+            self.listener.close()
 
     def health(self) -> tuple[bool, str]:
         if self._error:
@@ -282,6 +298,20 @@ class LocalSink:
                 segment.rows.setdefault(hour, []).append(row)
                 segment.sizes[hour] = segment.sizes.get(hour, 0) + per_row
             fut.set_result(None)
+        self._tell([[row["_reading"] for row in rows] for _, rows, _ in batch],
+                   [rows[0]["received_at"] if rows else None for _, rows, _ in batch])  # fmt: skip
+
+    def _tell(self, readings: list[list[dict[str, Any]]], received: list[datetime | None]) -> None:
+        """The listener hears of durable readings after the requests were answered; its failure
+        never reaches a request."""
+        if self.listener is None:
+            return
+        try:
+            for group, received_at in zip(readings, received, strict=True):
+                if group and received_at is not None:
+                    self.listener.committed(group, received_at)
+        except Exception:
+            log.exception("telemetry commit listener failed (the readings are accepted)")
 
     def _seal(self) -> None:
         assert self._segment is not None
@@ -325,6 +355,7 @@ class LocalSink:
                 record = json.loads(line)
                 for row in _rows(record["readings"], record["batch_id"], record["received_at"]):
                     segment.rows.setdefault(event_hour(row["_reading"]), []).append(row)
+                self._tell([record["readings"]], [_parse_time(record["received_at"])])
         return segment
 
 
@@ -370,8 +401,18 @@ def build_sink() -> tuple[Any, str]:
         settings.telemetry_wal_dir(),
         buffer_bytes=settings.telemetry_buffer_bytes(),
         buffer_seconds=settings.telemetry_buffer_seconds(),
+        listener=_alert_feed(resources["aws"]),
     )
     return sink, "local"
+
+
+def _alert_feed(aws: Any) -> CommitListener | None:
+    """The anomaly alert feed the settings choose (services/telemetry_alerts), or None when off."""
+    from services.telemetry_alerts.feed import AlertFeed
+    from services.telemetry_alerts.sinks import build_alert_sink
+
+    alert_sink = build_alert_sink(aws)
+    return None if alert_sink is None else AlertFeed(alert_sink)
 
 
 def build_consumer() -> KinesisConsumer:
@@ -385,6 +426,7 @@ def build_consumer() -> KinesisConsumer:
         settings.telemetry_wal_dir(),
         buffer_bytes=settings.telemetry_buffer_bytes(),
         buffer_seconds=settings.telemetry_buffer_seconds(),
+        listener=_alert_feed(resources["aws"]),  # the stream is sharded by device: its state is here
     )
     return KinesisConsumer(resources["aws"], settings.telemetry_stream_name(), sink, resources["lake"])
 
