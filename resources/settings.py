@@ -185,8 +185,8 @@ def telemetry_global_rate() -> float:
 
 
 # --- the telemetry tiers: lifecycle, archive, SQL catalog (assets/telemetry/lifecycle.py) ---
-# Raw readings are reproducible from nothing else, but processed holds every reading cleaned,
-# so raw is kept briefly; processed 3 years (the seed's legal retention); summaries 5 years.
+# Processed keeps every raw reading, deduplicated and enriched, so raw is kept only long enough
+# to re-process a period; processed 3 years (the seed's legal retention); summaries 5 years.
 _TELEMETRY_RETENTION_DEFAULTS = {"raw": 90, "processed": 1095, "curated": 1825}
 
 

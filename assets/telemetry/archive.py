@@ -140,14 +140,21 @@ def compact_day(
     where = f"{ds.tier.value}/{DOMAIN}/{ds.dataset} day {day}"
     local: dict[str, Path] = {}
     out = scratch / f"archive-{uuid.uuid4().hex}.parquet"
+    old: Path | None = None  # the current archived file, when the day has one
     try:
         for obj in sources:
             local[obj.key] = scratch / f"archive-src-{uuid.uuid4().hex}.parquet"
             lake.get_file(obj.key, local[obj.key])
-        source_rows = {k: pq.ParquetFile(p).metadata.num_rows for k, p in local.items()}
+        source_rows = {}
+        for key, path in local.items():
+            try:
+                source_rows[key] = pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ArchiveError(
+                    f"{where}: {key} is not readable Parquet ({exc}); nothing archived"
+                ) from None
 
         kept: list[tuple[str, int, int]] = []  # (key, first row, rows) of the old archive to keep
-        old: Path | None = None
         if lake.exists(target):
             old = scratch / f"archive-old-{uuid.uuid4().hex}.parquet"
             lake.get_file(target, old)

@@ -335,3 +335,16 @@ def test_archive_in_s3_only_reports(s3_lake: S3Lake):
     assert meta["days_past_retention"].value == 1  # the lifecycle has not run on it (moto)
     assert len(hourly_keys(s3_lake, RAW, old)) == 2  # nothing moved or deleted
     assert s3_lake.list_objects("archived/") == []
+
+
+def test_unreadable_hourly_file_is_named_and_nothing_is_deleted(local_lake):
+    rng = random.Random(14)
+    today = datetime.now(UTC).date()
+    old = today - timedelta(days=33)
+    write_hour(local_lake, RAW, old, 2, 5, rng, "part-00000.parquet")
+    bad = f"raw/telemetry/readings/{LakePartition(old, 3).path}/part-00001.parquet"
+    local_lake.put_bytes(bad, b"not parquet")
+    with pytest.raises(ArchiveError, match=f"{bad} is not readable Parquet"):
+        archive_telemetry(local_lake, today)
+    assert len(hourly_keys(local_lake, RAW, old)) == 2
+    assert not local_lake.exists(archived_key(RAW, old))
