@@ -308,3 +308,23 @@ def test_the_detector_keeps_up_with_20000_readings_a_second() -> None:
     print(f"\ndetector: {devices * per_device:,} readings in {cpu:.2f} CPU-s = {rate:,.0f} readings/s")
     assert alerts == devices * 2  # episodes at k=35 and k=75 (k=115 is past the end)
     assert rate >= 20_000
+
+
+def test_the_alert_sink_is_chosen_in_one_place(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from resources import settings
+    from resources.aws import AwsClients
+    from services.telemetry_alerts.sinks import SnsAlerts, build_alert_sink
+
+    aws = AwsClients(use_local_endpoint=True)
+    monkeypatch.delenv("PLATFORM_TELEMETRY_ALERT_SINK", raising=False)
+    monkeypatch.delenv("PLATFORM_TELEMETRY_SINK", raising=False)
+    assert settings.telemetry_alert_log() == tmp_path / "var" / "telemetry" / "alerts.jsonl"
+    assert isinstance(build_alert_sink(aws), AlertLog)
+    monkeypatch.setenv("PLATFORM_TELEMETRY_SINK", "kinesis")  # the aws path publishes to SNS
+    sink = build_alert_sink(aws)
+    assert isinstance(sink, SnsAlerts) and sink.topic == "data-platform-telemetry-alerts"
+    monkeypatch.setenv("PLATFORM_TELEMETRY_ALERT_SINK", "off")
+    assert build_alert_sink(aws) is None
+    monkeypatch.setenv("PLATFORM_TELEMETRY_ALERT_SINK", "pager")
+    with pytest.raises(ValueError, match="PLATFORM_TELEMETRY_ALERT_SINK='pager': expected log, sns or off"):
+        build_alert_sink(aws)
