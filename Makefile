@@ -26,3 +26,5 @@ bench:                  ## benchmarks, with the peers they compare against
 	uv run python benchmarks/cdc_capture.py
 	uv run python benchmarks/cdc_apply.py
 	uv run python benchmarks/cdc_latency.py
+	uv run python benchmarks/telemetry_spark.py
+	uv run python benchmarks/telemetry_ingest.py
