@@ -462,7 +462,11 @@ def spark_command(work: Path, out: Path, driver_memory: str | None) -> tuple[lis
         "print(json.dumps({'command': runner.command(sys.argv[2], sys.argv[3:]),"
         " 'env': {k: env[k] for k in ('SPARK_HOME', 'SPARK_LOCAL_IP', 'PYSPARK_PYTHON')}}))\n"
     )
-    conf = {"spark.driver.memory": driver_memory} if driver_memory else {}
+    # Shuffle and spill files under the work dir: /tmp is shared, and a cleaner there once took a
+    # running job's shuffle files.
+    conf = {"spark.local.dir": str(out / "spark-local")}
+    if driver_memory:
+        conf["spark.driver.memory"] = driver_memory
     args = [
         "--hour", HOUR,
         "--raw", str(work / RAW_PART),

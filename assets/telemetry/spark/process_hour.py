@@ -326,15 +326,34 @@ def run(
     if read_counts["no_device"]:
         raise JobInputError(f"--raw: {read_counts['no_device']} readings of this hour have no device_id")
 
-    value_cols = [c for c in raw_df.columns if c not in ("device_id", "timestamp")]
-    # Earliest arrival wins; the struct's later fields only break exact ties deterministically.
+    # Earliest arrival wins: received_at leads the struct; batch_id, then the values, only break
+    # exact ties deterministically.
+    value_cols = ["received_at", "batch_id"] + [
+        c for c in raw_df.columns if c not in ("device_id", "timestamp", "received_at", "batch_id")
+    ]
+    in_rows = raw_df.where(in_hour).withColumn("_key", F.xxhash64("device_id", "timestamp"))
+    # Duplicates are rare, so only the rows whose key hash occurs more than once are grouped: the
+    # one full shuffle carries a long per row, not whole rows, and no per-row aggregation buffer
+    # (a struct min over every row is a sort-based aggregate of all rows). A hash collision only
+    # sends a few unique readings through the exact grouping below, which keeps them as they are.
+    repeated = (
+        in_rows.groupBy("_key")
+        .agg(F.count(F.lit(1)).alias("_copies"))
+        .where(F.col("_copies") > 1)
+        .select("_key")
+        .persist(StorageLevel.MEMORY_AND_DISK)  # small; read by both branches and both outputs
+    )
+    singles = in_rows.join(F.broadcast(repeated), "_key", "left_anti").select(
+        "device_id", "timestamp", *value_cols, F.lit(0).cast("long").alias("duplicates")
+    )
     first = F.min(F.struct(*[F.col(c) for c in value_cols])).alias("first")
-    deduped = (
-        raw_df.where(in_hour)
+    grouped = (
+        in_rows.join(F.broadcast(repeated), "_key", "left_semi")
         .groupBy("device_id", "timestamp")
         .agg(first, (F.count(F.lit(1)) - 1).alias("duplicates"))
-        .select("device_id", "timestamp", "first.*", "duplicates")
+        .select("device_id", "timestamp", *[F.col(f"first.{c}").alias(c) for c in value_cols], "duplicates")
     )
+    deduped = singles.unionByName(grouped)
 
     base = baseline_frame(spark, baseline_paths, hour_start)
     if base is not None:
@@ -354,6 +373,8 @@ def run(
     )
     physical = (temp < PHYSICAL_MIN_C) | (temp > PHYSICAL_MAX_C)
     dow = F.weekday("timestamp") + 1  # weekday(): Monday = 0
+    # Not persisted: caching every reading (36M rows an hour at 10,000/s) costs more than reading
+    # the raw files again for the summary, and ran out of a 1 GB driver's memory.
     enriched = (
         deduped.withColumn("anomaly_score", score)
         .withColumn(
@@ -375,7 +396,6 @@ def run(
             & F.col("latitude").isNotNull()
             & F.col("longitude").isNotNull(),
         )
-        .persist(StorageLevel.MEMORY_AND_DISK)
     )
     try:
         (
@@ -432,7 +452,7 @@ def run(
         ).first()
         summary.unpersist()
     finally:
-        enriched.unpersist()
+        repeated.unpersist()
 
     return {
         "hour": hour_start.strftime("%Y-%m-%dT%H:%M:%SZ"),
