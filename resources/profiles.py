@@ -21,13 +21,20 @@ from resources import settings
 from resources.aws import AwsClients
 from resources.cache import RedisCache
 from resources.lake import LocalLake, S3Lake
+from resources.spark import ConfiguredSparkRunner
 from resources.sql_source import SqlSource
 from resources.warehouse import BigQueryWarehouse, DuckDBWarehouse
 
 
 def _local() -> dict[str, Any]:
     aws = AwsClients(use_local_endpoint=True)
-    return {"aws": aws, "lake": LocalLake(), "warehouse": DuckDBWarehouse(), "cache": RedisCache()}
+    return {
+        "aws": aws,
+        "lake": LocalLake(),
+        "warehouse": DuckDBWarehouse(),
+        "cache": RedisCache(),
+        "spark": ConfiguredSparkRunner(),
+    }
 
 
 def _local_s3() -> dict[str, Any]:
@@ -45,6 +52,7 @@ def _aws() -> dict[str, Any]:
             project=dg.EnvVar("PLATFORM_BIGQUERY_PROJECT"), dataset=dg.EnvVar("PLATFORM_BIGQUERY_DATASET")
         ),
         "cache": RedisCache(url=dg.EnvVar("PLATFORM_REDIS_URL")),
+        "spark": ConfiguredSparkRunner(),
     }
 
 

@@ -264,3 +264,9 @@ def emr_serverless_role_arn() -> str | None:
 def spark_scripts_s3_uri() -> str | None:
     """s3://bucket/prefix where the job scripts are uploaded for EMR Serverless."""
     return env("PLATFORM_SPARK_SCRIPTS_S3_URI")
+
+
+# --- the telemetry domain's assets (assets/telemetry) ---
+def telemetry_device_table() -> str:
+    """The DynamoDB table holding each device's latest reading."""
+    return os.environ.get("PLATFORM_TELEMETRY_DEVICE_TABLE", "data-platform-telemetry-devices")

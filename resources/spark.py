@@ -183,6 +183,20 @@ class EmrServerlessSparkRunner(SparkJobRunner):
         return client.run(context=context, start_job_run_params=params, extras=extras)
 
 
+class ConfiguredSparkRunner(SparkJobRunner):
+    """The profiles' Spark resource: asks `spark_runner()` at each run, so PLATFORM_SPARK_MODE and
+    the standalone cluster's address are read when a job starts, not when the code location loads."""
+
+    def run(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        script: str | Path,
+        args: list[str],
+        extras: dict[str, Any] | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        return spark_runner().run(context, script, args, extras)
+
+
 def spark_runner() -> SparkJobRunner:
     """The runner the settings select (read now, at use time)."""
     mode = settings.spark_mode()
