@@ -6,8 +6,6 @@ materialization makes processed_readings and hourly_summary due for that hour (a
 the latest: a late reading lands in its event hour), and one Spark run makes both.
 """
 
-from __future__ import annotations
-
 import io
 import shutil
 import uuid

@@ -6,8 +6,6 @@ the reading is newer than the one it holds, so hours processed out of order (a l
 an old hour) never move a device back in time, and re-running an hour changes nothing.
 """
 
-from __future__ import annotations
-
 import contextlib
 import io
 from decimal import Decimal
