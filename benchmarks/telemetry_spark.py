@@ -27,6 +27,8 @@
            batch_id, then the values); is_late; the derived columns; the pooled 24-hour
            baseline; anomaly score and flag; processed Parquet (zstd, one file, sorted by
            device_id, timestamp) and hourly_summary Parquet (one file, sorted by device_id).
+           memory_limit --duckdb-memory (2GB: near Spark's footprint; DuckDB's default, 80% of
+           RAM, took 16 GB for 36M rows).
 
    Per run: wall time (process start to exit, JVM start included for Spark), CPU seconds of the
    process tree (ru_utime + ru_stime from wait4: the JVM, the Python driver, DuckDB's threads),
@@ -277,7 +279,7 @@ COPY (
 """
 
 
-def duckdb_run(work: Path, out: Path, threads: int) -> dict:
+def duckdb_run(work: Path, out: Path, threads: int, memory: str) -> dict:
     from datetime import datetime
 
     import duckdb
@@ -291,7 +293,11 @@ def duckdb_run(work: Path, out: Path, threads: int) -> dict:
     base = sorted(str(p) for p in (work / "baseline").rglob("*.parquet"))
     (out / "processed").mkdir(parents=True)
     (out / "summary").mkdir(parents=True)
-    con = duckdb.connect(config={"threads": threads})
+    # A memory limit near Spark's footprint (1 GB heap, ~1.7 GB process tree): DuckDB's default
+    # (80% of RAM) took 16 GB here, on a machine shared with other jobs. It spills beyond it.
+    con = duckdb.connect(
+        config={"threads": threads, "memory_limit": memory, "preserve_insertion_order": False}
+    )
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET temp_directory = '{out / 'duckdb.tmp'}'")
     fmt = "%Y-%m-%d %H:%M:%S+00"
@@ -506,6 +512,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="Spark local[N] is fixed at 2 by the runner")
     ap.add_argument("--driver-memory", default=None, help="spark.driver.memory (default: Spark's 1g)")
+    ap.add_argument("--duckdb-memory", default="2GB", help="DuckDB's memory_limit (its default: 80%% of RAM)")
     ap.add_argument("--only", nargs="+", choices=("spark", "duckdb"), default=["spark", "duckdb"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/telemetry-bench"))
     ap.add_argument("--keep-data", action="store_true", help="keep the generated hour for the next run")
@@ -516,7 +523,7 @@ def main() -> None:
         if mode == "generate":
             result = generate(Path(rest[0]), int(rest[1]), int(rest[2]))
         elif mode == "duckdb":
-            result = duckdb_run(Path(rest[0]), Path(rest[1]), int(rest[2]))
+            result = duckdb_run(Path(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
         else:
             result = compare(Path(rest[0]), Path(rest[1]))
         print(json.dumps(result))
@@ -545,7 +552,8 @@ def main() -> None:
         f" snappy); {made['duplicates']:,} duplicates, {made['late']:,} late arrivals,"
         f" {made['null_temperature']:,} null temperatures; baseline: 24 hourly_summary hours for"
         f" {made['baseline_devices']:,} devices; {os.cpu_count()} cores; Spark local[2] vs DuckDB"
-        f" threads={args.threads}; driver memory {args.driver_memory or 'default (1g)'}",
+        f" threads={args.threads}; driver memory {args.driver_memory or 'default (1g)'}; DuckDB memory_limit"
+        f" {args.duckdb_memory}",
         flush=True,
     )
 
@@ -563,7 +571,7 @@ def main() -> None:
                     command, env = spark_command(work, out, args.driver_memory)
                 else:
                     command = [sys.executable, __file__, "--child", "duckdb", str(work), str(out)]
-                    command.append(str(args.threads))
+                    command += [str(args.threads), args.duckdb_memory]
                     env = child_env()
                 wall, cpu, peak, maxrss, stdout = timed(command, env, out / "stderr.log")
                 m = json.loads(stdout.strip().splitlines()[-1])
