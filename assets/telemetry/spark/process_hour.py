@@ -215,18 +215,29 @@ def summary_schema() -> Any:
 
 
 def build_session(app_name: str = "telemetry-process-hour") -> Any:
-    """A SparkSession: the submitter's master and settings, or local[2] with small-machine ones."""
-    from pyspark import SparkConf
+    """A SparkSession: the submitter's master and settings, or local[2] with small-machine ones.
+
+    Under spark-submit the JVM already holds the master and every --conf (PySpark's SparkConf()
+    cannot see them before the session exists), so the master is only set when this runs in a
+    plain Python process; the small-machine settings fill only what the submitter left unset.
+    """
+    import os
+
     from pyspark.sql import SparkSession
 
-    conf = SparkConf()
     builder = SparkSession.builder.appName(app_name)
-    if not conf.contains("spark.master"):
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # set by spark-submit for the Python driver
+    if not submitted:
         builder = builder.master("local[2]")
-    for key, value in LOCAL_SPARK_CONF.items():
-        if not conf.contains(key):
+        for key, value in LOCAL_SPARK_CONF.items():
             builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    if submitted:
+        given = spark.sparkContext.getConf()
+        for key, value in LOCAL_SPARK_CONF.items():
+            if key.startswith("spark.sql.") and not given.contains(key):
+                spark.conf.set(key, value)  # runtime settings; the rest are the submitter's
+    return spark
 
 
 def _path_exists(spark: Any, path: str) -> bool:

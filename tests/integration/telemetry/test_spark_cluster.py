@@ -210,3 +210,65 @@ def test_dp_spark_cluster_status(cluster: spark_cluster.SparkCluster) -> None:
     assert out.returncode == 0, out.stderr
     assert f"master {cluster.master_url} (ALIVE)" in out.stdout
     assert ": ALIVE, 2 cores, 2048 MB" in out.stdout
+
+
+def test_telemetry_hour_same_summary_on_the_cluster_as_locally(
+    cluster: spark_cluster.SparkCluster, tmp_path: Path, local_aws: AwsClients
+) -> None:
+    """The real processing asset (process_hour.py through Pipes) on both runners: equal hourly_summary."""
+    import random
+
+    from assets.telemetry.assets import SUMMARY, processed_and_summary, raw_readings
+    from assets.telemetry.partitions import HOURLY
+    from resources.lake import LocalLake
+    from resources.warehouse import DuckDBWarehouse
+    from services.telemetry_api.sink import parquet_bytes, raw_key
+    from tests.integration.telemetry.test_assets import HOURLY_PART, _hour_start, _metadata
+    from tests.integration.telemetry.test_assets import _rows as hour_rows
+
+    hour = _hour_start(2)
+    pk = HOURLY.get_partition_key_for_timestamp(hour.timestamp())
+    rows = hour_rows(hour, random.Random(21), "b1", devices=5, per_device=40)
+    summaries, metadata = {}, {}
+    apps_before = {a["id"] for a in cluster.master_json().get("completedapps", [])}
+    for name, runner in (
+        ("local", LocalSparkRunner()),
+        ("cluster", StandaloneSparkRunner(master_url=cluster.master_url)),
+    ):
+        lake = LocalLake(root=str(tmp_path / name / "lake"))
+        lake.put_bytes(raw_key(hour, "part-a.parquet"), parquet_bytes(rows))
+        lake.put_bytes(raw_key(hour, "part-b.parquet"), parquet_bytes(rows[:25]))  # duplicates
+        resources = {
+            "lake": lake,
+            "warehouse": DuckDBWarehouse(path=str(tmp_path / name / "wh.duckdb")),
+            "spark": runner,
+        }
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize(
+            [raw_readings, processed_and_summary], resources=resources, partition_key=pk, instance=instance
+        )
+        assert result.success
+        [key] = lake.parquet_keys("curated", "telemetry", "hourly_summary", HOURLY_PART(hour))
+        summaries[name] = pq.read_table(lake._path(key)).to_pylist()
+        metadata[name] = _metadata(result, SUMMARY)
+        messages = [e.user_message for e in instance.all_logs(result.run_id)]
+        assert any("processing telemetry hour" in m for m in messages), "the job's Pipes log reached the run"
+
+    # The cluster's run really ran there: the master lists one more finished telemetry application.
+    def new_apps() -> list[dict[str, Any]] | None:
+        apps = [a for a in cluster.master_json().get("completedapps", []) if a["id"] not in apps_before]
+        return apps if apps and all(a.get("state") == "FINISHED" for a in apps) else None
+
+    apps = wait_for(new_apps, timeout=30, what="the telemetry job among the master's completed apps")
+    assert len(apps) == 1, apps
+    assert len(summaries["local"]) == 5 and sum(r["duplicate_count"] for r in summaries["local"]) == 25
+    assert len(summaries["cluster"]) == len(summaries["local"])
+    for local, remote in zip(summaries["local"], summaries["cluster"], strict=True):
+        assert local.keys() == remote.keys()
+        for column, value in local.items():
+            if isinstance(value, float):
+                assert math.isclose(value, remote[column], rel_tol=1e-12, abs_tol=1e-9), column
+            else:
+                assert value == remote[column], column
+    for name in ("rows_in", "rows_out", "late_count", "duplicate_count", "anomalies", "devices"):
+        assert metadata["local"][name] == metadata["cluster"][name], name
