@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -88,7 +89,8 @@ class Sink(Protocol):
 
 # --- rows and files ---------------------------------------------------------------
 def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    parsed = datetime.fromisoformat(value)  # RFC 3339 "Z" included (Python 3.11)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 def event_hour(reading: dict[str, Any]) -> datetime:
@@ -123,20 +125,38 @@ def raw_key(hour: datetime, filename: str) -> str:
     return object_key(Tier.RAW, DOMAIN, DATASET, filename, LakePartition.for_window(hour, HOUR))
 
 
+_RAW_COLUMNS = tuple(RAW_SCHEMA.names)
+_RAW_TYPES = tuple(f.type for f in RAW_SCHEMA)
+_RAW_WIDTH = len(_RAW_COLUMNS)
+
+
 def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+    """A raw Parquet file of raw_row dicts."""
+    return parquet_bytes_from_tuples([tuple(row[name] for name in _RAW_COLUMNS) for row in rows])
+
+
+def parquet_bytes_from_tuples(rows: list[tuple[Any, ...]]) -> bytes:
+    """A raw Parquet file of rows given as tuples in RAW_SCHEMA's column order, built column by
+    column (pyarrow's C converters: no per-row dicts)."""
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * _RAW_WIDTH
+    arrays = [pa.array(col, type=typ) for col, typ in zip(columns, _RAW_TYPES, strict=True)]
+    table = pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)
     out = io.BytesIO()
     pq.write_table(table, out, compression="snappy")
     return out.getvalue()
 
 
 # --- the local sink: WAL + buffers ---------------------------------------------------------
+# a queued request: its WAL line, readings, raw rows by event hour, received_at, and its future
+_Request = tuple[bytes, list[dict[str, Any]], dict[datetime, list[tuple[Any, ...]]], datetime, Future[None]]
+
+
 @dataclass
 class _Segment:
     number: int
     path: Path
     first_record: float | None = None
-    rows: dict[datetime, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[datetime, list[tuple[Any, ...]]] = field(default_factory=dict)  # RAW_SCHEMA order
     sizes: dict[datetime, int] = field(default_factory=dict)
 
 
@@ -166,7 +186,7 @@ class LocalSink:
         self.buffer_bytes = buffer_bytes
         self.buffer_seconds = buffer_seconds
         self.file_prefix = file_prefix
-        self._requests: queue.Queue[tuple[bytes, list[dict[str, Any]], Future[None]] | None] = queue.Queue()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._sealed: queue.Queue[_Segment | None] = queue.Queue()
         self._segment: _Segment | None = None
         self._fh: Any = None
@@ -227,10 +247,11 @@ class LocalSink:
         if self._closed:
             fut.set_exception(SinkUnavailable("the sink is shutting down"))
             return fut
-        stamp = received_at.astimezone(UTC).isoformat()
+        received = received_at.astimezone(UTC)
+        stamp = received.isoformat()
         record = {"batch_id": batch_id, "received_at": stamp, "readings": readings}
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-        self._requests.put((line, _rows(readings, batch_id, stamp), fut))
+        self._requests.put((line, readings, _rows(readings, batch_id, received), received, fut))
         return fut
 
     # --- the WAL writer (one thread) ---
@@ -243,7 +264,7 @@ class LocalSink:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[tuple[bytes, list[dict[str, Any]], Future[None]]] = []
+            batch: list[_Request] = []
             try:
                 item = self._requests.get(timeout=min(1.0, max(self.buffer_seconds / 4, 0.05)))
                 if item is None:
@@ -275,31 +296,34 @@ class LocalSink:
                 self._segment.path.unlink(missing_ok=True)
         self._sealed.put(None)
 
-    def _commit(self, batch: list[tuple[bytes, list[dict[str, Any]], Future[None]]]) -> None:
+    def _commit(self, batch: list[_Request]) -> None:
         assert self._segment is not None
         try:
-            self._fh.write(b"".join(line for line, _, _ in batch))
+            self._fh.write(b"".join(item[0] for item in batch))
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
             log.error("telemetry WAL append failed: %s", self._error)
-            for _, _, fut in batch:
+            for *_, fut in batch:
                 fut.set_exception(SinkUnavailable(f"write-ahead log append failed: {exc}"))
             return
         self._error = None
         segment = self._segment
-        for line, rows, fut in batch:
+        seg_rows, sizes = segment.rows, segment.sizes
+        for line, readings, rows, _, fut in batch:
             if segment.first_record is None:
                 segment.first_record = time.monotonic()
-            per_row = max(len(line) // max(len(rows), 1), 1)
-            for row in rows:
-                hour = event_hour(row["_reading"])
-                segment.rows.setdefault(hour, []).append(row)
-                segment.sizes[hour] = segment.sizes.get(hour, 0) + per_row
+            per_row = max(len(line) // max(len(readings), 1), 1)
+            for hour, hour_rows in rows.items():
+                held = seg_rows.get(hour)
+                if held is None:
+                    seg_rows[hour] = hour_rows
+                else:
+                    held.extend(hour_rows)
+                sizes[hour] = sizes.get(hour, 0) + per_row * len(hour_rows)
             fut.set_result(None)
-        self._tell([[row["_reading"] for row in rows] for _, rows, _ in batch],
-                   [rows[0]["received_at"] if rows else None for _, rows, _ in batch])  # fmt: skip
+        self._tell([item[1] for item in batch], [item[3] for item in batch])
 
     def _tell(self, readings: list[list[dict[str, Any]]], received: list[datetime | None]) -> None:
         """The listener hears of durable readings after the requests were answered; its failure
@@ -334,7 +358,7 @@ class LocalSink:
             try:
                 for hour, rows in sorted(segment.rows.items()):
                     key = raw_key(hour, self.file_prefix + _file_name(segment.number))
-                    self.lake.put_bytes(key, parquet_bytes([_strip(r) for r in rows]))
+                    self.lake.put_bytes(key, parquet_bytes_from_tuples(rows))
                 segment.path.unlink(missing_ok=True)  # every reading of it is in a written file
                 self._flush_error = None
                 return
@@ -353,23 +377,47 @@ class LocalSink:
                 if not line.endswith(b"\n"):
                     break  # a torn last append: never fsynced, so never acknowledged
                 record = json.loads(line)
-                for row in _rows(record["readings"], record["batch_id"], record["received_at"]):
-                    segment.rows.setdefault(event_hour(row["_reading"]), []).append(row)
-                self._tell([record["readings"]], [_parse_time(record["received_at"])])
+                received = _parse_time(record["received_at"])
+                for hour, rows in _rows(record["readings"], record["batch_id"], received).items():
+                    segment.rows.setdefault(hour, []).extend(rows)
+                self._tell([record["readings"]], [received])
         return segment
 
 
-def _rows(readings: Iterable[dict[str, Any]], batch_id: str, received_at: str) -> list[dict[str, Any]]:
-    out = []
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _rows(
+    readings: Iterable[dict[str, Any]], batch_id: str, received_at: datetime
+) -> dict[datetime, list[tuple[Any, ...]]]:
+    """The raw rows of one request (as raw_row, as tuples in RAW_SCHEMA order) by event hour;
+    each timestamp parsed once."""
+    out: dict[datetime, list[tuple[Any, ...]]] = {}
     for reading in readings:
-        row = raw_row(reading, batch_id, received_at)
-        row["_reading"] = reading
-        out.append(row)
+        ts = _parse_time(reading["timestamp"])
+        location = reading.get("location") or {}
+        metadata = reading.get("metadata") or {}
+        row = (
+            reading["device_id"],
+            ts,
+            _float(reading.get("temperature")),
+            _float(reading.get("humidity")),
+            _float(reading.get("pressure")),
+            _float(location.get("latitude")),
+            _float(location.get("longitude")),
+            metadata.get("version"),
+            metadata.get("source"),
+            received_at,
+            batch_id,
+        )
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        held = out.get(hour)
+        if held is None:
+            out[hour] = [row]
+        else:
+            held.append(row)
     return out
-
-
-def _strip(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "_reading"}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -380,8 +428,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_batch_ids: tuple[int, str, Iterator[int]] | None = None
+
+
 def new_batch_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits, unique: a random prefix per process (drawn again after a fork) and a counter
+    (one uuid4, i.e. os.urandom, per process instead of per request)."""
+    global _batch_ids
+    state = _batch_ids
+    pid = os.getpid()
+    if state is None or state[0] != pid:
+        state = _batch_ids = (pid, uuid.uuid4().hex[:16], itertools.count())
+    return f"{state[1]}{next(state[2]):016x}"
 
 
 def build_sink() -> tuple[Any, str]:
