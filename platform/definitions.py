@@ -20,9 +20,10 @@ from assets.cdc import definitions as cdc  # noqa: E402
 from assets.lake_ops import definitions as lake_ops  # noqa: E402
 from assets.migration import definitions as migration  # noqa: E402
 from assets.store_sales import definitions as store_sales  # noqa: E402
+from assets.telemetry import definitions as telemetry  # noqa: E402
 from resources.profiles import build_resources  # noqa: E402
 
-DOMAINS = [lake_ops, migration, cdc, store_sales]
+DOMAINS = [lake_ops, migration, cdc, store_sales, telemetry]
 
 # Applied to every asset that does not declare its own freshness policy.
 DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(

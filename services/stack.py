@@ -215,9 +215,20 @@ def up(
             procs.append(("shop-traffic", _service("shop-traffic", shop, env, var)))
         api = ["store-api", "--port", str(store_api_port)]
         procs.append(("store-api", _service("store-api", api, env, var)))
+        # Fleet telemetry: the ingest API, fed (with the demo sources) by 20 simulated vehicles at
+        # 10 readings/s. Its buffers flush every 5 minutes here, so each open hour is processed
+        # by Spark every few minutes, not every minute, on a small machine.
+        env.setdefault("PLATFORM_TELEMETRY_BUFFER_SECONDS", "300")
+        env.setdefault("TELEMETRY_API_TOKEN", LOCAL_TELEMETRY_API_TOKEN)
+        telemetry_api = ["telemetry-api", "--port", str(TELEMETRY_API_PORT)]
+        procs.append(("telemetry-api", _service("telemetry-api", telemetry_api, env, var)))
+        if settings.demo_sources_enabled():
+            sim = ["telemetry-sim", "--url", f"http://127.0.0.1:{TELEMETRY_API_PORT}", "--devices", "20"]
+            procs.append(("telemetry-sim", _service("telemetry-sim", [*sim, "--rate", "10"], env, var)))
         print(
             f"stack: up. Dagster UI at http://127.0.0.1:{ui_port}, store API at"
-            f" http://127.0.0.1:{store_api_port}/docs (Ctrl-C or `dp down` stops it)",
+            f" http://127.0.0.1:{store_api_port}/docs, telemetry API at"
+            f" http://127.0.0.1:{TELEMETRY_API_PORT}/docs (Ctrl-C or `dp down` stops it)",
             flush=True,
         )
         restarts: dict[str, float] = {}
@@ -247,8 +258,10 @@ def up(
     return 0
 
 
-RESTARTED = {"cdc-capture", "cdc-traffic", "shop-traffic"}
+RESTARTED = {"cdc-capture", "cdc-traffic", "shop-traffic", "telemetry-sim"}
 STORE_API_PORT = 8600
+TELEMETRY_API_PORT = 8700
+LOCAL_TELEMETRY_API_TOKEN = "local-dev-token"  # what `dp telemetry-sim` sends by default
 # The local stack's store API token when STORE_API_TOKEN is not set (documented in the README;
 # a deployment sets its own from its secret store).
 LOCAL_STORE_API_TOKEN = "local-dev-token"
