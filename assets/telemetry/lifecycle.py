@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.shared.automation import initial_load
 from assets.shared.conventions import domain_asset_args
 from resources import settings
 from resources.lake import LakeStorage, S3Lake, Tier, dataset_prefix
@@ -156,7 +157,7 @@ def lifecycle_differences(lake: S3Lake) -> list[str]:
         " Glacier at 365, expiry at retention), keeping other rules. Local lake: nothing to put;"
         " telemetry/archive does the tiering."
     ),
-    automation_condition=dg.AutomationCondition.on_missing() | dg.AutomationCondition.on_cron("30 2 * * *"),
+    automation_condition=initial_load() | dg.AutomationCondition.on_cron("30 2 * * *"),
     **domain_asset_args(DOMAIN),
 )
 def lake_lifecycle(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:

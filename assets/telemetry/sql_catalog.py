@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from assets.shared.automation import initial_load
 from assets.shared.conventions import PARTITIONS_START, domain_asset_args
 from assets.telemetry.lifecycle import DOMAIN, TIERED_DATASETS, lake_in_s3, s3_prefix
 from resources import settings
@@ -258,7 +259,7 @@ def register_glue_tables(lake: S3Lake, database: str | None = None) -> list[str]
         "Every telemetry tier as a SQL table: DuckDB views in the warehouse over a local lake,"
         " Glue catalog tables (Athena, partition projection) over an S3 lake."
     ),
-    automation_condition=dg.AutomationCondition.on_missing() | dg.AutomationCondition.on_cron("0 4 * * *"),
+    automation_condition=initial_load() | dg.AutomationCondition.on_cron("0 4 * * *"),
     **domain_asset_args(DOMAIN),
 )
 def sql_tables_asset(
