@@ -47,7 +47,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,8 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+
+from proc_tree import descendants, free_port, machine_busy, tree_cpu, tree_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -241,58 +242,12 @@ def client_main(spec: dict) -> None:
 
 
 # --- the server's processes ----------------------------------------------------------------
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [root], [root]
-    while frontier:
-        nxt = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += nxt
-        frontier = nxt
-    return found
-
-
-def server_cpu(root: int) -> float:
-    """utime + stime + cutime + cstime of the server and its descendants, seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in descendants(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15])
-    return total / tick
-
-
-def machine_busy() -> float:
-    """CPU seconds all cores spent busy (not idle or iowait) since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def redis_cpu(r: object) -> float:
     """redis-server's CPU seconds (the whole instance, shared with anything else using it)."""
     info = r.info("cpu")  # type: ignore[attr-defined]
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def server_hwm_mb(root: int) -> float:
-    kb = 0
-    for pid in descendants(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    kb += int(line.split()[1])
-        except OSError:
-            continue
-    return kb / 1024
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -319,12 +274,6 @@ def drop_keys(r: object) -> int:
     if r.get(CLAIM) == TOKEN.encode():  # type: ignore[attr-defined]
         r.delete(CLAIM)  # type: ignore[attr-defined]
     return n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_health(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -398,12 +347,12 @@ def run_clients(
         child.stdin.close()
         children.append(child)
     time.sleep(max(0.0, start_at - time.time()))
-    cpu0, rcpu0, m0 = server_cpu(server), redis_cpu(r), machine_busy()
+    cpu0, rcpu0, m0 = tree_cpu(server), redis_cpu(r), machine_busy()
     for c in children:
         if c.wait() != 0:
             raise SystemExit(f"a client process exited with {c.returncode}")
     outs = [json.loads(Path(tmp / f"client-{mode}-{i}.json").read_text()) for i in range(procs)]
-    cpu1, rcpu1, m1 = server_cpu(server), redis_cpu(r), machine_busy()
+    cpu1, rcpu1, m1 = tree_cpu(server), redis_cpu(r), machine_busy()
     lat = sorted(x for o in outs for x in o["lat"])
     errors: dict[str, int] = {}
     for o in outs:
@@ -535,7 +484,7 @@ def main() -> int:
                 res = run_clients(mode, args, port, reqs, server.pid, tmp, r)
                 results[mode].append(res)
                 show(mode, rnd, res, args.rate)
-        hwm = server_hwm_mb(server.pid)
+        hwm = tree_memory_mb(server.pid)
 
         def med(mode: str, key: str) -> float:
             return statistics.median(x[key] for x in results[mode])

@@ -47,7 +47,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,8 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
+
+from proc_tree import descendants, free_port, machine_busy, tree_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-telemetry-" + uuid.uuid4().hex[:12]
@@ -268,21 +269,6 @@ def client_main(spec: dict) -> None:
 
 
 # --- the server's processes ----------------------------------------------------------------
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [root], [root]
-    while frontier:
-        nxt = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += nxt
-        frontier = nxt
-    return found
 
 
 def server_threads(root: int) -> dict[str, float]:
@@ -301,29 +287,6 @@ def server_threads(root: int) -> dict[str, float]:
                 continue
             out[f"{pid}/{tid}"] = (int(fields[11]) + int(fields[12])) / tick
     return out
-
-
-def machine_busy() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def server_hwm_mb(root: int) -> float:
-    kb = 0
-    for pid in descendants(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    kb += int(line.split()[1])
-        except OSError:
-            continue
-    return kb / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_health(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> dict:
@@ -539,7 +502,7 @@ def main() -> int:
                     acknowledged += res["accepted"]
                     results[mode].append(res)
                     show(mode, rnd, res, args.rate)
-        hwm = server_hwm_mb(server.pid)
+        hwm = tree_memory_mb(server.pid)
         stopped = stop_server(server)
         code = server.returncode
         server = None

@@ -57,6 +57,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from proc_tree import tree_memory_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "assets" / "telemetry" / "spark" / "process_hour.py"
 HOUR = "2026-11-24T13:00:00Z"  # a Tuesday
@@ -396,35 +398,6 @@ class Run:
 FIELDS = ("wall", "cpu", "tree_peak_mb", "max_rss_mb", "inner")
 
 
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [root], [root]
-    while frontier:
-        nxt = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += nxt
-        frontier = nxt
-    return found
-
-
-def tree_rss_mb(root: int) -> float:
-    kb = 0
-    for pid in descendants(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kb += int(line.split()[1])
-        except OSError:
-            continue
-    return kb / 1024
-
-
 def timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float, float, str]:
     """Run command; its wall, tree CPU seconds, sampled tree peak RSS, largest ru_maxrss, stdout."""
     peak = [0.0]
@@ -435,7 +408,7 @@ def timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, fl
 
         def sample() -> None:
             while not done.wait(0.2):
-                peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+                peak[0] = max(peak[0], tree_memory_mb(proc.pid, "VmRSS"))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
