@@ -6,6 +6,7 @@ Expected figures are computed here from the raw rows the test writes, not by the
 
 from __future__ import annotations
 
+import io
 import random
 import statistics
 from collections import defaultdict
@@ -21,7 +22,7 @@ from assets.telemetry.device_state import device_latest_state
 from assets.telemetry.partitions import HOURLY
 from assets.telemetry.sensors import raw_listing_sensor
 from resources import settings
-from resources.lake import LocalLake
+from resources.lake import LakePartition, LocalLake
 from resources.spark import LocalSparkRunner
 from resources.warehouse import DuckDBWarehouse
 from services.telemetry_api.sink import parquet_bytes, raw_key
@@ -103,14 +104,12 @@ def resources(tmp_path, local_aws, monkeypatch) -> dict[str, Any]:
 
 
 def _summary(lake: LocalLake, hour: datetime) -> dict[str, dict[str, Any]]:
-    keys = lake.parquet_keys("curated", "telemetry", "hourly_summary", HOURLY_PART(hour))
+    keys = lake.parquet_keys("curated", "telemetry", "hourly_summary", hour_partition(hour))
     assert len(keys) == 1, keys
-    return {r["device_id"]: r for r in pq.read_table(lake._path(keys[0])).to_pylist()}
+    return {r["device_id"]: r for r in pq.read_table(io.BytesIO(lake.get_bytes(keys[0]))).to_pylist()}
 
 
-def HOURLY_PART(hour: datetime):
-    from resources.lake import LakePartition
-
+def hour_partition(hour: datetime) -> LakePartition:
     return LakePartition(hour.date(), hour.hour)
 
 
@@ -199,10 +198,8 @@ def test_a_late_file_reprocesses_its_hour_and_replaces_the_output(resources):
     assert {d: after[d]["record_count"] for d in before} == {d: before[d]["record_count"] for d in before}
     assert after["dev-9"]["record_count"] == 12 and after["dev-9"]["late_count"] == 12
     # The hour holds one output file per tier, replaced, not added to.
-    assert len(lake.parquet_keys("processed", "telemetry", "readings", HOURLY_PART(hour))) == 1
-    processed = pq.read_table(
-        lake._path(lake.parquet_keys("processed", "telemetry", "readings", HOURLY_PART(hour))[0])
-    )
+    assert len(lake.parquet_keys("processed", "telemetry", "readings", hour_partition(hour))) == 1
+    processed = lake.read_parquet("processed", "telemetry", "readings", hour_partition(hour))
     assert processed.num_rows == sum(r["record_count"] for r in after.values())
     assert _metadata(result, PROCESSED)["late_count"] == sum(r["late_count"] for r in after.values())
 

@@ -1,6 +1,7 @@
 """The Spark runners: one Pipes job in local mode and on a standalone cluster started by
 services.spark_cluster gives the same rows, and the asset gets the job's metadata and logs."""
 
+import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,7 +224,7 @@ def test_telemetry_hour_same_summary_on_the_cluster_as_locally(
     from resources.lake import LocalLake
     from resources.warehouse import DuckDBWarehouse
     from services.telemetry_api.sink import parquet_bytes, raw_key
-    from tests.integration.telemetry.test_assets import HOURLY_PART, _hour_start, _metadata
+    from tests.integration.telemetry.test_assets import _hour_start, _metadata, hour_partition
     from tests.integration.telemetry.test_assets import _rows as hour_rows
 
     hour = _hour_start(2)
@@ -248,8 +249,8 @@ def test_telemetry_hour_same_summary_on_the_cluster_as_locally(
             [raw_readings, processed_and_summary], resources=resources, partition_key=pk, instance=instance
         )
         assert result.success
-        [key] = lake.parquet_keys("curated", "telemetry", "hourly_summary", HOURLY_PART(hour))
-        summaries[name] = pq.read_table(lake._path(key)).to_pylist()
+        [key] = lake.parquet_keys("curated", "telemetry", "hourly_summary", hour_partition(hour))
+        summaries[name] = pq.read_table(io.BytesIO(lake.get_bytes(key))).to_pylist()
         metadata[name] = _metadata(result, SUMMARY)
         messages = [e.user_message for e in instance.all_logs(result.run_id)]
         assert any("processing telemetry hour" in m for m in messages), "the job's Pipes log reached the run"
