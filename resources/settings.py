@@ -253,6 +253,15 @@ def spark_master_url() -> str | None:
     return env("PLATFORM_SPARK_MASTER")
 
 
+def spark_stage_in_lake() -> bool:
+    """PLATFORM_SPARK_STAGE_IN_LAKE=1: a standalone cluster's jobs read and write a lake staging
+    prefix instead of the driver's disk (workers on other hosts). EMR Serverless always does."""
+    value = os.environ.get("PLATFORM_SPARK_STAGE_IN_LAKE", "0").strip().lower()
+    if value not in ("0", "1", "true", "false", ""):
+        raise ValueError(f"PLATFORM_SPARK_STAGE_IN_LAKE must be 0 or 1, got {value!r}")
+    return value in ("1", "true")
+
+
 def emr_serverless_application_id() -> str | None:
     return env("PLATFORM_EMR_SERVERLESS_APP_ID")
 
@@ -270,3 +279,14 @@ def spark_scripts_s3_uri() -> str | None:
 def telemetry_device_table() -> str:
     """The DynamoDB table holding each device's latest reading."""
     return os.environ.get("PLATFORM_TELEMETRY_DEVICE_TABLE", "data-platform-telemetry-devices")
+
+
+# --- the report snapshot engine (services/snapshots, assets/reports) ---
+def snapshot_table() -> str:
+    """The DynamoDB table of report snapshots and the requests that asked for them."""
+    return os.environ.get("PLATFORM_SNAPSHOT_TABLE", "platform-report-snapshots")
+
+
+def snapshot_queue_name() -> str:
+    """The SQS queue clients send report snapshot requests to."""
+    return os.environ.get("PLATFORM_SNAPSHOT_QUEUE", "platform-report-requests")
