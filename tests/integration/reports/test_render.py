@@ -172,26 +172,25 @@ def test_fleet_anomalies_daily(local_lake: LocalLake, warehouse: DuckDBWarehouse
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=d) for d in (3, 2, 1)]
     rng = random.Random(11)
-    expected: dict[date, dict[str, int]] = {}
+    anomalies: dict[date, int] = {}
+    readings: dict[date, int] = {}
+    flagged: dict[date, set[str]] = {}
     for day in days:
         for hour in (0, 13, 23):  # the day's first and last hours stay on their UTC day
             rows = [(f"dev-{i}", 60, rng.choice([0, 0, 1, 3]), rng.choice([0.5, 0.99])) for i in range(4)]
             write_summary(local_lake, day, hour, rows)
-            kept = [r for r in rows if r[3] >= 0.9]
-            figures = expected.setdefault(day, {"anomalies": 0, "readings": 0, "devices": set()})  # type: ignore[dict-item]
-            figures["anomalies"] += sum(r[2] for r in kept)
-            figures["readings"] += sum(r[1] for r in kept)
-            figures["devices"] |= {r[0] for r in kept if r[2] > 0}  # type: ignore[operator]
+            kept = [r for r in rows if r[3] >= 0.9]  # min_quality below
+            anomalies[day] = anomalies.get(day, 0) + sum(r[2] for r in kept)
+            readings[day] = readings.get(day, 0) + sum(r[1] for r in kept)
+            flagged.setdefault(day, set()).update(r[0] for r in kept if r[2] > 0)
+    # The day before the range is not in the report.
+    write_summary(local_lake, days[0] - timedelta(days=1), 23, [("dev-0", 60, 9, 1.0)])
 
     params = {"start": days[0].isoformat(), "end": days[-1].isoformat(), "min_quality": 0.9}
     result = render(REPORTS["fleet_anomalies_daily"], params, warehouse, tmp_path / "out")
     rows = assert_files(result, warehouse, "fleet_anomalies_daily", params)
     got = {r["day"]: (r["anomalies"], r["readings"], r["devices_with_anomalies"]) for r in rows}
-    assert got == {
-        d: (e["anomalies"], e["readings"], len(e["devices"]))  # type: ignore[arg-type]
-        for d, e in expected.items()
-        if e["readings"]
-    }
+    assert got == {d: (anomalies[d], readings[d], len(flagged[d])) for d in days if readings[d]}
 
     # No summary in the range: an empty report is an error naming the report and its parameters.
     long_ago = {"start": "2001-01-01", "end": "2001-01-31"}
