@@ -180,6 +180,19 @@ def object_key(
     return partition_prefix(tier, domain, dataset, partition) + filename
 
 
+# Working copies of a job that runs away from this machine (EMR Serverless reads and writes the
+# lake, not a local disk). Not a tier: no tier's listing sees them; the job's caller deletes them.
+STAGING_ROOT = "_staging"
+_JOB = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def staging_prefix(job: str) -> str:
+    """'_staging/<job>/': the lake prefix one job run's inputs and outputs are staged under."""
+    if not _JOB.match(job):
+        raise LakePathError(f"staging job name {job!r} must be lower-case letters, digits and '-'")
+    return f"{STAGING_ROOT}/{job}/"
+
+
 def is_hidden(key: str) -> bool:
     """In-progress and marker files ('.tmp-*', '_SUCCESS') are never data."""
     return key.rsplit("/", 1)[-1].startswith((".", "_"))

@@ -120,6 +120,14 @@ class LakeStorage(dg.ConfigurableResource, ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def copy_object(self, source: str, target: str) -> None:
+        """Copy an object to another key (atomically, as put_bytes)."""
+        self.put_bytes(target, self.get_bytes(source))
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under prefix ('a/b/'), hidden ones included; returns how many."""
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -247,6 +255,26 @@ class LocalLake(LakeStorage):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def copy_object(self, source: str, target: str) -> None:
+        path = self._path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
+        try:
+            shutil.copyfile(self._path(source), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix.endswith("/"):
+            raise ValueError(f"delete_prefix takes a folder prefix ending in '/', got {prefix!r}")
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder)
+        return count
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -322,6 +350,24 @@ class S3Lake(LakeStorage):
 
     def delete(self, key: str) -> None:
         self.aws.client("s3").delete_object(Bucket=self._bucket(), Key=self._s3_key(key))
+
+    def copy_object(self, source: str, target: str) -> None:
+        # Server-side (multipart above the transfer threshold): the bytes never leave S3.
+        bucket = self._bucket()
+        self.aws.client("s3").copy(
+            {"Bucket": bucket, "Key": self._s3_key(source)}, bucket, self._s3_key(target)
+        )
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix.endswith("/"):
+            raise ValueError(f"delete_prefix takes a folder prefix ending in '/', got {prefix!r}")
+        s3, bucket, count = self.aws.client("s3"), self._bucket(), 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=self._s3_key(prefix)):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:  # a page holds at most 1,000 keys, delete_objects' limit
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                count += len(keys)
+        return count
 
     def exists(self, key: str) -> bool:
         listed = self.aws.client("s3").list_objects_v2(

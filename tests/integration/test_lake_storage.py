@@ -5,7 +5,8 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from resources.lake import LakePartition, ListingCursor, Tier
+from resources.lake import LakePartition, LakePathError, ListingCursor, Tier
+from resources.lake.paths import staging_prefix
 
 
 def test_partition_round_trip(lake):
@@ -55,3 +56,27 @@ def test_local_write_leaves_no_temporary_file(local_lake, tmp_path):
     assert files == ["file.bin"]
     with pytest.raises(ValueError, match="inside the lake"):
         local_lake.put_bytes("../escape", b"x")
+
+
+def test_copy_object_and_delete_prefix(lake):
+    prefix = staging_prefix("job-1")
+    lake.put_bytes("raw/demo/a/x.parquet", b"first")
+    lake.copy_object("raw/demo/a/x.parquet", f"{prefix}in/x.parquet")
+    lake.put_bytes(f"{prefix}out/_SUCCESS", b"")  # hidden names are deleted with the prefix too
+    lake.put_bytes(f"{prefix}out/part-0.parquet", b"second")
+    lake.put_bytes("_staging/job-10/keep.parquet", b"another job")  # shares the string prefix
+    assert lake.get_bytes(f"{prefix}in/x.parquet") == b"first"
+    assert [o.key for o in lake.list_objects(prefix)] == [
+        f"{prefix}in/x.parquet",
+        f"{prefix}out/part-0.parquet",
+    ]
+    assert [o.key for o in lake.list_objects("raw/")] == ["raw/demo/a/x.parquet"]  # not in a tier
+
+    assert lake.delete_prefix(prefix) == 3
+    assert lake.list_objects(prefix) == [] and lake.delete_prefix(prefix) == 0
+    assert lake.get_bytes("raw/demo/a/x.parquet") == b"first"
+    assert lake.get_bytes("_staging/job-10/keep.parquet") == b"another job"
+    with pytest.raises(ValueError, match="ending in '/'"):
+        lake.delete_prefix("_staging/job-1")
+    with pytest.raises(LakePathError, match="staging job name"):
+        staging_prefix("../etc")
