@@ -33,7 +33,7 @@ def _local() -> dict[str, Any]:
         "lake": LocalLake(),
         "warehouse": DuckDBWarehouse(),
         "cache": RedisCache(),
-        "spark": ConfiguredSparkRunner(),
+        "spark": ConfiguredSparkRunner(aws=aws),
     }
 
 
@@ -52,7 +52,7 @@ def _aws() -> dict[str, Any]:
             project=dg.EnvVar("PLATFORM_BIGQUERY_PROJECT"), dataset=dg.EnvVar("PLATFORM_BIGQUERY_DATASET")
         ),
         "cache": RedisCache(url=dg.EnvVar("PLATFORM_REDIS_URL")),
-        "spark": ConfiguredSparkRunner(),
+        "spark": ConfiguredSparkRunner(aws=aws),
     }
 
 

@@ -16,9 +16,11 @@ metadata reach the asset's run.
   sparkSubmitParameters}, ...), adds the Pipes bootstrap variables as
   `--conf spark.emr-serverless.driverEnv.<K>=<V>` and the run's tags, starts the job,
   polls it (poll_interval) and reads the job's Pipes messages from CloudWatch Logs (its
-  default message reader), so the request enables CloudWatch logging. The script must
-  already be in S3 (`scripts_s3_uri`/<script's file name>), and dagster-pipes installed in
-  the application's image or shipped with `--py-files`/an archive.
+  default message reader), so the request enables CloudWatch logging. The script
+  is uploaded to `scripts_s3_uri`/<name>-<content hash>.py at each run (a no-op when there), and
+  dagster-pipes must be installed in the application's image or shipped with `--py-files`. The
+  job cannot read this machine's disk, so its callers stage inputs and outputs in the lake
+  (`stages_in_lake()`; assets/telemetry/hour_files.py).
 
 `spark_runner()` is the one place the implementation is chosen, from the settings
 (PLATFORM_SPARK_MODE: local | standalone | emr-serverless).
@@ -26,6 +28,7 @@ metadata reach the asset's run.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import dagster as dg
 from pydantic import Field
 
 from resources import settings
+from resources.aws import AwsClients
 
 
 class SparkJobRunner(dg.ConfigurableResource):
@@ -48,6 +52,11 @@ class SparkJobRunner(dg.ConfigurableResource):
     ) -> dg.PipesClientCompletedInvocation:
         raise NotImplementedError
 
+    def stages_in_lake(self) -> bool:
+        """Whether the job reads and writes lake URIs (a staging prefix) rather than this machine's
+        disk: true where the driver or its executors cannot see local files."""
+        return False
+
 
 def _spark_submit() -> str:
     from services.spark_cluster import spark_home
@@ -59,6 +68,14 @@ class _SparkSubmitRunner(SparkJobRunner):
     """spark-submit in client mode through dg.PipesSubprocessClient (driver on this machine)."""
 
     conf: dict[str, str] = Field(default_factory=dict, description="extra --conf key=value pairs")
+    stage_in_lake: bool = Field(
+        default=False,
+        description="stage the job's files in the lake (workers on other hosts; an S3 lake needs"
+        " hadoop-aws and spark.hadoop.fs.s3.impl in `conf`) instead of this machine's disk",
+    )
+
+    def stages_in_lake(self) -> bool:
+        return self.stage_in_lake
 
     def master(self) -> str:
         raise NotImplementedError
@@ -119,15 +136,20 @@ class StandaloneSparkRunner(_SparkSubmitRunner):
 class EmrServerlessSparkRunner(SparkJobRunner):
     """An EMR Serverless application (cannot run on this machine; see the module's docstring)."""
 
+    aws: AwsClients
     application_id: str
     execution_role_arn: str
-    scripts_s3_uri: str = Field(description="s3://bucket/prefix holding the job scripts")
+    scripts_s3_uri: str = Field(description="s3://bucket/prefix the job scripts are uploaded to")
     spark_submit_parameters: str = ""
     cloudwatch_log_group: str | None = None
-    region_name: str | None = None
     poll_interval: float = 5.0
 
+    def stages_in_lake(self) -> bool:
+        return True  # the job runs in AWS: it can only read the lake's s3:// URIs
+
     def entry_point(self, script: str | Path) -> str:
+        """The script's S3 URI: as given if s3://, else under scripts_s3_uri named by its content
+        (a run always starts the code it was deployed with, even while another version runs)."""
         text = str(script)
         if text.startswith("s3://"):
             return text
@@ -135,7 +157,20 @@ class EmrServerlessSparkRunner(SparkJobRunner):
             raise ValueError(
                 f"EmrServerlessSparkRunner.scripts_s3_uri must be s3://..., got {self.scripts_s3_uri!r}"
             )
-        return f"{self.scripts_s3_uri.rstrip('/')}/{Path(text).name}"
+        digest = hashlib.sha256(Path(text).read_bytes()).hexdigest()[:12]
+        return f"{self.scripts_s3_uri.rstrip('/')}/{Path(text).stem}-{digest}{Path(text).suffix}"
+
+    def upload_script(self, script: str | Path) -> str:
+        """Put a local script at its entry_point URI (once per content); returns the URI."""
+        uri = self.entry_point(script)
+        if str(script).startswith("s3://"):
+            return uri
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        s3 = self.aws.client("s3")
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        if not any(o["Key"] == key for o in listed):
+            s3.put_object(Bucket=bucket, Key=key, Body=Path(script).read_bytes())
+        return uri
 
     def start_job_run_params(
         self, script: str | Path, args: list[str], name: str | None = None
@@ -169,16 +204,20 @@ class EmrServerlessSparkRunner(SparkJobRunner):
         args: list[str],
         extras: dict[str, Any] | None = None,
     ) -> dg.PipesClientCompletedInvocation:
-        import boto3
-        from dagster_aws.pipes import PipesEMRServerlessClient
+        from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesEMRServerlessClient
 
-        region = self.region_name or settings.aws_region()
+        # Both clients from AwsClients, so the local profile's calls go to the moto server.
         client = PipesEMRServerlessClient(
-            client=boto3.client("emr-serverless", region_name=region),
+            client=self.aws.client("emr-serverless"),
+            message_reader=PipesCloudWatchMessageReader(client=self.aws.client("logs")),
             poll_interval=self.poll_interval,
         )
+        self.upload_script(script)
         params = self.start_job_run_params(
             script, args, name=f"{context.run.run_id[:8]}-{Path(str(script)).stem}"
+        )
+        context.log.info(
+            f"EMR Serverless {self.application_id}: {params['jobDriver']['sparkSubmit']['entryPoint']}"
         )
         return client.run(context=context, start_job_run_params=params, extras=extras)
 
@@ -187,6 +226,8 @@ class ConfiguredSparkRunner(SparkJobRunner):
     """The profiles' Spark resource: asks `spark_runner()` at each run, so PLATFORM_SPARK_MODE and
     the standalone cluster's address are read when a job starts, not when the code location loads."""
 
+    aws: AwsClients  # for EMR Serverless (and CloudWatch Logs, where its Pipes messages arrive)
+
     def run(
         self,
         context: dg.AssetExecutionContext | dg.OpExecutionContext,
@@ -194,11 +235,15 @@ class ConfiguredSparkRunner(SparkJobRunner):
         args: list[str],
         extras: dict[str, Any] | None = None,
     ) -> dg.PipesClientCompletedInvocation:
-        return spark_runner().run(context, script, args, extras)
+        return spark_runner(self.aws).run(context, script, args, extras)
+
+    def stages_in_lake(self) -> bool:
+        return spark_runner(self.aws).stages_in_lake()
 
 
-def spark_runner() -> SparkJobRunner:
-    """The runner the settings select (read now, at use time)."""
+def spark_runner(aws: AwsClients | None = None) -> SparkJobRunner:
+    """The runner the settings select (read now, at use time); `aws` makes EMR Serverless's clients
+    (default: real AWS)."""
     mode = settings.spark_mode()
     if mode == "local":
         return LocalSparkRunner()
@@ -214,7 +259,7 @@ def spark_runner() -> SparkJobRunner:
                     "or a cluster from `dp spark-cluster up`"
                 )
             url = cluster.master_url
-        return StandaloneSparkRunner(master_url=url)
+        return StandaloneSparkRunner(master_url=url, stage_in_lake=settings.spark_stage_in_lake())
     if mode == "emr-serverless":
         missing = [
             name
@@ -228,6 +273,7 @@ def spark_runner() -> SparkJobRunner:
         if missing:
             raise RuntimeError(f"PLATFORM_SPARK_MODE=emr-serverless needs {', '.join(missing)}")
         return EmrServerlessSparkRunner(
+            aws=aws or AwsClients(),
             application_id=settings.emr_serverless_application_id() or "",
             execution_role_arn=settings.emr_serverless_role_arn() or "",
             scripts_s3_uri=settings.spark_scripts_s3_uri() or "",

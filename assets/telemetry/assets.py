@@ -7,7 +7,6 @@ the latest: a late reading lands in its event hour), and one Spark run makes bot
 """
 
 import io
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import dagster as dg
 
 from assets.shared.automation import after_parent_updates
 from assets.shared.conventions import domain_asset_args
-from assets.telemetry.hour_files import parquet_objects, previous_hours_objects, publish, stage
+from assets.telemetry.hour_files import job_files, parquet_objects, previous_hours_objects
 from assets.telemetry.partitions import (
     DOMAIN,
     HOURLY,
@@ -129,30 +128,31 @@ def processed_and_summary(context: dg.AssetExecutionContext, lake: LakeStorage, 
             f"no raw readings for {context.partition_key} under {lake.uri(parquet_prefix(hour))}"
         )
     baseline = previous_hours_objects(lake, Tier.CURATED, SUMMARY_DATASET, hour)
-    work = lake.scratch_dir() / f"telemetry-{context.run.run_id[:8]}-{uuid.uuid4().hex[:8]}"
+    # The job's paths: a local work dir, or a lake staging prefix when the job runs elsewhere (EMR).
+    in_lake = spark.stages_in_lake()
+    files = job_files(lake, in_lake, f"telemetry-{context.run.run_id[:8]}-{uuid.uuid4().hex[:8]}")
     try:
-        raw_dir = stage(lake, raw, work / "raw")
-        baseline_dir = stage(lake, baseline, work / "baseline")
         args = [
             "--hour", hour.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "--raw", str(raw_dir),
-            "--baseline", str(baseline_dir),
-            "--processed-out", str(work / "processed"),
-            "--summary-out", str(work / "summary"),
+            "--raw", files.input("raw", raw),
+            "--baseline", files.input("baseline", baseline),
+            "--processed-out", files.output("processed"),
+            "--summary-out", files.output("summary"),
             "--asset-key", SUMMARY.to_user_string(),
         ]  # fmt: skip
         invocation = spark.run(context, SCRIPT, args)
         reported = _reported_metadata(invocation)
-        processed_key = publish(lake, work / "processed", Tier.PROCESSED, PROCESSED_DATASET, hour)
-        summary_key = publish(lake, work / "summary", Tier.CURATED, SUMMARY_DATASET, hour)
+        processed_key = files.publish("processed", Tier.PROCESSED, PROCESSED_DATASET, hour)
+        summary_key = files.publish("summary", Tier.CURATED, SUMMARY_DATASET, hour)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        files.cleanup()
 
     counts = {
         "late_count": reported.get("late", 0),
         "duplicate_count": reported.get("duplicates", 0),
         "raw_files": len(raw),
         "baseline_files": len(baseline),
+        "staged_in": "lake" if in_lake else "local",
     }
     yield dg.MaterializeResult(
         asset_key=PROCESSED,
@@ -175,8 +175,14 @@ def processed_and_summary(context: dg.AssetExecutionContext, lake: LakeStorage, 
 
 
 def _reported_metadata(invocation: dg.PipesClientCompletedInvocation) -> dict[str, Any]:
-    """The metrics the job reported through Pipes, as plain values."""
+    """The metrics the job reported through Pipes, as plain values. Pipes lists a materialization
+    of each selected asset even when the job reported nothing, so the job's figures are required."""
     for result in invocation.get_results():
         if isinstance(result, dg.MaterializeResult) and result.asset_key == SUMMARY:
-            return {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
-    raise RuntimeError("the Spark job reported no materialization of telemetry/hourly_summary through Pipes")
+            reported = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+            if "rows_in" in reported:
+                return reported
+    raise RuntimeError(
+        "the Spark job reported no materialization of telemetry/hourly_summary through Pipes"
+        " (no rows_in figure): it did not run, or its Pipes messages did not arrive"
+    )

@@ -17,13 +17,14 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from assets.telemetry.assets import PROCESSED, RAW, SUMMARY, processed_and_summary, raw_readings
+from assets.telemetry.assets import PROCESSED, RAW, SCRIPT, SUMMARY, processed_and_summary, raw_readings
 from assets.telemetry.device_state import device_latest_state
 from assets.telemetry.partitions import HOURLY
 from assets.telemetry.sensors import raw_listing_sensor
 from resources import settings
-from resources.lake import LakePartition, LocalLake
-from resources.spark import LocalSparkRunner
+from resources.lake import LakePartition, LocalLake, S3Lake
+from resources.lake.paths import STAGING_ROOT
+from resources.spark import EmrServerlessSparkRunner, LocalSparkRunner
 from resources.warehouse import DuckDBWarehouse
 from services.telemetry_api.sink import parquet_bytes, raw_key
 
@@ -226,3 +227,104 @@ def test_the_lake_sensor_asks_for_each_hour_that_received_files(resources):
             dg.build_sensor_context(instance=instance, resources=resources, cursor=result.cursor)
         )
         assert sorted(r.run_key for r in again.run_requests) == sorted(r.run_key for r in result.run_requests)
+
+
+def test_staged_in_the_lake_the_hour_comes_out_the_same(resources):
+    """A runner that stages in the lake (EMR Serverless, a cluster on other hosts) gives the job
+    lake URIs of a staging prefix; Spark local reads them here and the hour's summary is the same."""
+    lake, rng = resources["lake"], random.Random(17)
+    hour = _hour_start(3)
+    pk = HOURLY.get_partition_key_for_timestamp(hour.timestamp())
+    rows = _rows(hour, rng, "b1", devices=3)
+    lake.put_bytes(raw_key(hour, "part-a.parquet"), parquet_bytes(rows))
+    lake.put_bytes(raw_key(hour, "part-b.parquet"), parquet_bytes(rows[:7]))  # a client's retry
+    assert dg.materialize([processed_and_summary], resources=resources, partition_key=pk).success
+    local = _summary(lake, hour)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [processed_and_summary],
+            resources={**resources, "spark": LocalSparkRunner(stage_in_lake=True)},
+            partition_key=pk,
+            instance=instance,
+        )
+        assert result.success
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    staged = lake.uri(f"{STAGING_ROOT}/telemetry-")
+    assert any(m.startswith("processing telemetry hour") and staged in m for m in logs), logs
+    assert _metadata(result, SUMMARY)["staged_in"] == "lake"
+    in_lake = _summary(lake, hour)
+    assert in_lake.keys() == local.keys()
+    for device, row in local.items():
+        for name, value in row.items():
+            want = pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
+            assert in_lake[device][name] == want, (device, name)
+    assert in_lake["dev-0"]["duplicate_count"] == 7
+    assert lake.list_objects(f"{STAGING_ROOT}/") == []  # the staging prefix is removed
+
+
+def test_emr_serverless_run_of_the_asset_stages_the_hour_in_s3(local_aws, s3_bucket):
+    """EMR Serverless through the asset, against the moto server: the job is started with the S3
+    URIs of a staging prefix holding the hour's raw files, its script is uploaded, Pipes' bootstrap
+    rides in the request. moto never runs the job, so it reports nothing: the run fails saying so,
+    publishes nothing and removes its staging prefix (kept in the versioned bucket's history)."""
+    s3 = local_aws.client("s3")
+    s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    lake = S3Lake(aws=local_aws, bucket=s3_bucket)
+    rng, hour = random.Random(23), _hour_start(2)
+    pk = HOURLY.get_partition_key_for_timestamp(hour.timestamp())
+    raw = {
+        raw_key(hour, name): parquet_bytes(_rows(hour, rng, name, devices=2, per_device=5))
+        for name in ("part-a.parquet", "part-b.parquet")
+    }
+    for key, body in raw.items():
+        lake.put_bytes(key, body)
+    emr = local_aws.client("emr-serverless")
+    app_id = emr.create_application(name="telemetry", releaseLabel="emr-7.1.0", type="SPARK")["applicationId"]
+    runner = EmrServerlessSparkRunner(
+        aws=local_aws,
+        application_id=app_id,
+        execution_role_arn="arn:aws:iam::123456789012:role/emr-telemetry",
+        scripts_s3_uri=f"s3://{s3_bucket}/jobs/",
+        cloudwatch_log_group="/emr/telemetry",
+        poll_interval=0.2,
+    )
+
+    result = dg.materialize(
+        [processed_and_summary],
+        resources={"lake": lake, "spark": runner},
+        partition_key=pk,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    error = failure.step_failure_data.error
+    assert error is not None
+    assert "reported no materialization of telemetry/hourly_summary" in error.to_string()
+
+    [listed] = emr.list_job_runs(applicationId=app_id)["jobRuns"]
+    submit = emr.get_job_run(applicationId=app_id, jobRunId=listed["id"])["jobRun"]["jobDriver"][
+        "sparkSubmit"
+    ]
+    argv = submit["entryPointArguments"]
+    args = dict(zip(argv[::2], argv[1::2], strict=True))
+    staging = f"s3://{s3_bucket}/{STAGING_ROOT}/telemetry-"
+    assert args["--raw"].startswith(staging) and args["--raw"].endswith("/raw")
+    for name in ("--baseline", "--processed-out", "--summary-out"):
+        assert args[name].startswith(staging), (name, args[name])
+    assert args["--hour"] == hour.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "spark.emr-serverless.driverEnv.DAGSTER_PIPES_CONTEXT=" in submit["sparkSubmitParameters"]
+    script_key = submit["entryPoint"].removeprefix(f"s3://{s3_bucket}/")
+    assert s3.get_object(Bucket=s3_bucket, Key=script_key)["Body"].read() == SCRIPT.read_bytes()
+
+    # The job was given a copy of exactly the hour's raw files; the copies are gone now.
+    raw_prefix = args["--raw"].removeprefix(f"s3://{s3_bucket}/") + "/"
+    versions = s3.list_object_versions(Bucket=s3_bucket, Prefix=raw_prefix)
+    staged = {
+        v["Key"]: s3.get_object(Bucket=s3_bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+        for v in versions.get("Versions", [])
+    }
+    assert sorted(staged.values()) == sorted(raw.values())
+    assert len(versions.get("DeleteMarkers", [])) == len(raw)
+    assert s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"{STAGING_ROOT}/").get("KeyCount") == 0
+    assert lake.parquet_keys("curated", "telemetry", "hourly_summary", hour_partition(hour)) == []

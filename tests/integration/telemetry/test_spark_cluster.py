@@ -153,22 +153,28 @@ def test_runner_chosen_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         spark_runner()
 
 
-def test_emr_serverless_request(local_aws: AwsClients) -> None:
+def test_emr_serverless_request(local_aws: AwsClients, s3_bucket: str) -> None:
     """The start_job_run request the runner hands PipesEMRServerlessClient (not run on AWS here);
     boto3 validates its shape and the moto server accepts it for an application it created."""
-    import boto3
+    import hashlib
 
-    from resources.settings import local_aws_endpoint
-
-    emr = boto3.client("emr-serverless", endpoint_url=local_aws_endpoint(), region_name="us-east-1")
+    emr = local_aws.client("emr-serverless")
     app_id = emr.create_application(name="telemetry", releaseLabel="emr-7.1.0", type="SPARK")["applicationId"]
     runner = EmrServerlessSparkRunner(
+        aws=local_aws,
         application_id=app_id,
         execution_role_arn="arn:aws:iam::123456789012:role/emr-telemetry",
-        scripts_s3_uri="s3://lake-scripts/telemetry/",
+        scripts_s3_uri=f"s3://{s3_bucket}/jobs/telemetry/",
         spark_submit_parameters="--conf spark.executor.cores=2",
         cloudwatch_log_group="/emr/telemetry",
     )
+    digest = hashlib.sha256(Path(JOB).read_bytes()).hexdigest()[:12]
+    uri = runner.upload_script(JOB)
+    assert uri == f"s3://{s3_bucket}/jobs/telemetry/pipes_job-{digest}.py"
+    uploaded = local_aws.client("s3").get_object(
+        Bucket=s3_bucket, Key=f"jobs/telemetry/pipes_job-{digest}.py"
+    )
+    assert uploaded["Body"].read() == Path(JOB).read_bytes()
     params = runner.start_job_run_params(JOB, ["--hour", "2026-11-24T10:00:00Z"], name="r1-pipes_job")
     assert params == {
         "applicationId": app_id,
@@ -176,7 +182,7 @@ def test_emr_serverless_request(local_aws: AwsClients) -> None:
         "name": "r1-pipes_job",
         "jobDriver": {
             "sparkSubmit": {
-                "entryPoint": "s3://lake-scripts/telemetry/pipes_job.py",
+                "entryPoint": uri,
                 "entryPointArguments": ["--hour", "2026-11-24T10:00:00Z"],
                 "sparkSubmitParameters": "--conf spark.executor.cores=2",
             }
@@ -191,8 +197,8 @@ def test_emr_serverless_request(local_aws: AwsClients) -> None:
     assert run["applicationId"] == app_id and run["jobRunId"]
     with pytest.raises(ValueError, match="s3://"):
         EmrServerlessSparkRunner(
-            application_id=app_id, execution_role_arn="arn:x", scripts_s3_uri="/local/dir"
-        ).entry_point("job.py")
+            aws=local_aws, application_id=app_id, execution_role_arn="arn:x", scripts_s3_uri="/local/dir"
+        ).entry_point(JOB)
 
 
 def test_dp_spark_cluster_status(cluster: spark_cluster.SparkCluster) -> None:
