@@ -290,3 +290,36 @@ def snapshot_table() -> str:
 def snapshot_queue_name() -> str:
     """The SQS queue clients send report snapshot requests to."""
     return os.environ.get("PLATFORM_SNAPSHOT_QUEUE", "platform-report-requests")
+
+
+def reports_dir() -> Path:
+    """The report definitions (YAML); platform/reports of this checkout unless PLATFORM_REPORTS_DIR."""
+    value = env("PLATFORM_REPORTS_DIR")
+    return Path(value) if value else PROJECT_ROOT / "platform" / "reports"
+
+
+def _positive_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def snapshot_lease_seconds() -> float:
+    """How long a render holds its snapshot before another worker may take it over (renewed
+    every third of it while the render runs)."""
+    return _positive_number("PLATFORM_SNAPSHOT_LEASE_SECONDS", 60.0)
+
+
+def snapshot_max_attempts() -> int:
+    """Renders of one snapshot before it stays FAILED."""
+    return int(_positive_number("PLATFORM_SNAPSHOT_MAX_ATTEMPTS", 3))
+
+
+def snapshot_backoff_seconds() -> float:
+    """The first retry's delay; each further retry waits twice as long."""
+    return _positive_number("PLATFORM_SNAPSHOT_BACKOFF_SECONDS", 10.0)

@@ -193,6 +193,20 @@ def staging_prefix(job: str) -> str:
     return f"{STAGING_ROOT}/{job}/"
 
 
+# Rendered report snapshots (assets/reports): a folder per snapshot, written once, never rewritten
+# (a snapshot id names the data it was rendered from). Not a tier: snapshots are outputs to read.
+SNAPSHOTS_ROOT = "snapshots"
+_SNAPSHOT_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def snapshot_prefix(report_id: str, snapshot_id: str) -> str:
+    """'snapshots/<report_id>/<snapshot_id>/'."""
+    for kind, value in (("report id", report_id), ("snapshot id", snapshot_id)):
+        if not _SNAPSHOT_PART.match(value):
+            raise LakePathError(f"{kind} {value!r} must be letters, digits, '_' and '-'")
+    return f"{SNAPSHOTS_ROOT}/{report_id}/{snapshot_id}/"
+
+
 def is_hidden(key: str) -> bool:
     """In-progress and marker files ('.tmp-*', '_SUCCESS') are never data."""
     return key.rsplit("/", 1)[-1].startswith((".", "_"))

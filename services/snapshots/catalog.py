@@ -46,10 +46,10 @@ _CHART_VIEWS = ("mark", "layer", "concat", "hconcat", "vconcat", "facet", "repea
 
 
 def reports_dir() -> Path:
-    """platform/reports/ of this checkout (resolved at call time)."""
-    from resources.settings import PROJECT_ROOT
+    """platform/reports/ of this checkout, or PLATFORM_REPORTS_DIR (resolved at call time)."""
+    from resources import settings
 
-    return PROJECT_ROOT / "platform" / "reports"
+    return settings.reports_dir()
 
 
 def _all_formats() -> list[Format]:
