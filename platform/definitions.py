@@ -19,6 +19,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 from assets.cdc import definitions as cdc  # noqa: E402
 from assets.lake_ops import definitions as lake_ops  # noqa: E402
 from assets.migration import definitions as migration  # noqa: E402
+from assets.reports import definitions as reports  # noqa: E402
 from assets.store_sales import definitions as store_sales  # noqa: E402
 from assets.telemetry import definitions as telemetry  # noqa: E402
 from resources.profiles import build_resources  # noqa: E402
@@ -36,8 +37,8 @@ DEFAULT_FRESHNESS = dg.FreshnessPolicy.time_window(
 # every asset that is due at once, and a long migration backfill must not hold back the CDC
 # domain's minute-by-minute status page (or the other way round). A domain that brings its own
 # (store_sales: a condition evaluated in the code server) keeps it.
-def automation_sensors(groups: list[str]) -> list[dg.AutomationConditionSensorDefinition]:
-    own = {s.name for domain in DOMAINS for s in domain.defs.sensors or []}
+def automation_sensors(domain_defs: list[dg.Definitions]) -> list[dg.AutomationConditionSensorDefinition]:
+    own = {s.name for defs in domain_defs for s in defs.sensors or []}
     return [
         dg.AutomationConditionSensorDefinition(
             "platform_automation" if group == "default" else f"{group}_automation",
@@ -46,28 +47,43 @@ def automation_sensors(groups: list[str]) -> list[dg.AutomationConditionSensorDe
             minimum_interval_seconds=30,
             description=f"Evaluates the AutomationCondition of every asset in the {group} group.",
         )
-        for group in groups
+        for group in _groups(domain_defs)
         if ("platform_automation" if group == "default" else f"{group}_automation") not in own
     ]
 
 
-def _groups() -> list[str]:
+def _groups(domain_defs: list[dg.Definitions]) -> list[str]:
     """The asset groups of every domain (read off the definitions, no resources needed)."""
     groups = set()
-    for domain in DOMAINS:
-        for item in domain.defs.assets or []:
+    for defs in domain_defs:
+        for item in defs.assets or []:
             specs = item.specs if isinstance(item, dg.AssetsDefinition) else [item]
             groups |= {getattr(spec, "group_name", None) or "default" for spec in specs}
     return sorted(groups)
 
 
+def _partitioned_keys(domain_defs: list[dg.Definitions]) -> dict[dg.AssetKey, dg.PartitionsDefinition | None]:
+    """Every asset key of the domains with its partitions (None: unpartitioned)."""
+    found: dict[dg.AssetKey, dg.PartitionsDefinition | None] = {}
+    for defs in domain_defs:
+        for item in defs.assets or []:
+            if isinstance(item, dg.AssetsDefinition):
+                found.update({spec.key: spec.partitions_def for spec in item.specs})
+            else:
+                found[item.key] = item.partitions_def
+    return found
+
+
 def build_definitions() -> dg.Definitions:
+    domain_defs = [domain.defs for domain in DOMAINS]
+    # The report snapshots read the other domains' tables: built over their asset keys.
+    domain_defs.append(reports.build_defs(_partitioned_keys(domain_defs)))
     merged = dg.Definitions.merge(
-        *(domain.defs for domain in DOMAINS),
+        *domain_defs,
         dg.Definitions(
             resources=build_resources(),
             executor=dg.in_process_executor,
-            sensors=automation_sensors(_groups()),
+            sensors=automation_sensors(domain_defs),
         ),
     )
     return merged.map_asset_specs(

@@ -1,0 +1,1 @@
+"""Report snapshots: requests from SQS, one dynamic partition per snapshot, rendered once."""

@@ -1,0 +1,148 @@
+"""The sensors that feed report_snapshot.
+
+- `report_requests` (on the generic SQS sensor): each request message is parsed and checked
+  against the catalog, its snapshot id computed from the data versions of what the report reads,
+  and the request recorded in DynamoDB. A new snapshot gets its dynamic partition and a run; a
+  READY one is answered by reuse; a request that cannot be used gets a FAILED request item that
+  says why. The message is deleted once DynamoDB holds the request: from then on the store, not
+  the queue, remembers the work (a run request lost with the daemon is made again by the sweep).
+- `report_snapshot_sweep`: asks for a run for every snapshot the store lists as due (a retry past
+  its backoff, a lease that expired because its run died, a request whose first run never came)
+  and that has no run queued or in progress.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import dagster as dg
+
+from assets.reports.partitions import DOMAIN, SNAPSHOT, SNAPSHOTS
+from assets.reports.versions import upstream_versions
+from assets.shared.sqs_sensor import Handled, Received, sqs_sensor
+from resources import settings
+from resources.aws import AwsClients
+from services.snapshots.catalog import Report, ReportRequestError, validate_params
+from services.snapshots.ids import canonical_params, canonical_versions, snapshot_id
+from services.snapshots.messages import RequestError, parse_request
+from services.snapshots.store import FAILED, READY, RENDERING, SnapshotStore
+
+LIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def snapshot_run(snapshot: str, report_id: str, run_key: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=snapshot,
+        asset_selection=[SNAPSHOT],
+        tags={"domain": DOMAIN, "report": report_id, "snapshot_id": snapshot},
+    )
+
+
+def _body_text(body: str) -> str:
+    return body  # every body reaches the handler: a request it cannot use is answered, not left
+
+
+def build_request_sensor(
+    reports: Mapping[str, Report], reads: Mapping[str, Sequence[str]]
+) -> dg.SensorDefinition:
+    def handle(context: dg.SensorEvaluationContext, received: Sequence[Received[str]]) -> Handled:
+        store = SnapshotStore.from_resources(context.resources.aws)
+        store.ensure_table()
+        handled, versions_of, asked = Handled(), {}, set()
+        counts = {"new": 0, "reused": 0, "rejected": 0, "waiting": 0}
+        for message in received:
+            try:
+                request = parse_request(message.body, message.message_id)
+                report = reports.get(request.report_id)
+                if report is None:
+                    raise ReportRequestError(
+                        f"unknown report {request.report_id!r}; known: {sorted(reports)}"
+                    )
+                params = validate_params(report, request.params)
+            except (RequestError, ReportRequestError) as exc:
+                request_id = exc.request_id if isinstance(exc, RequestError) else request.request_id
+                report_id = exc.report_id if isinstance(exc, RequestError) else request.report_id
+                store.reject_request(request_id, report_id, str(exc))
+                context.log.warning(f"report request {request_id} refused: {exc}")
+                handled.done.add(message.message_id)
+                counts["rejected"] += 1
+                continue
+            if report.id not in versions_of:  # one read of the event log per report and tick
+                versions_of[report.id] = upstream_versions(context.instance, reads[report.id])
+            versions = versions_of[report.id]
+            outcome = store.record_request(
+                request.request_id,
+                snapshot_id(report.id, params, versions),
+                report.id,
+                canonical_params(params),
+                canonical_versions(versions),
+            )
+            handled.done.add(message.message_id)
+            target = outcome.snapshot_id
+            if outcome.state == READY:
+                counts["reused"] += 1
+            elif outcome.state in (FAILED, RENDERING) or target is None:
+                counts["waiting"] += 1
+            elif target not in asked:
+                asked.add(target)
+                counts["new"] += 1
+                attempts = outcome.snapshot.attempts if outcome.snapshot else 0
+                handled.run_requests.append(snapshot_run(target, report.id, f"{target}:{attempts}"))
+        if asked:
+            handled.dynamic_partitions_requests.append(SNAPSHOTS.build_add_request(sorted(asked)))
+        handled.notes.append(", ".join(f"{v} {k}" for k, v in counts.items()))
+        return handled
+
+    return sqs_sensor(
+        "report_requests",
+        queue_name=settings.snapshot_queue_name,
+        parse=_body_text,
+        handle=handle,
+        asset_selection=dg.AssetSelection.assets(SNAPSHOT),
+        minimum_interval_seconds=5,
+        description=(
+            "Reads report snapshot requests from SQS (PLATFORM_SNAPSHOT_QUEUE), records each in"
+            " DynamoDB and adds a partition and a run for each new snapshot; READY ones are reused."
+        ),
+    )
+
+
+@dg.sensor(
+    name="report_snapshot_sweep",
+    asset_selection=dg.AssetSelection.assets(SNAPSHOT),
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Runs snapshots that are due again: retries past their backoff, renders whose run died"
+        " (lease expired), requests whose first run never started."
+    ),
+)
+def report_snapshot_sweep(
+    context: dg.SensorEvaluationContext, aws: AwsClients
+) -> dg.SensorResult | dg.SkipReason:
+    store = SnapshotStore.from_resources(aws)
+    store.ensure_table()
+    due = store.due()
+    if not due:
+        return dg.SkipReason("no snapshot is due")
+    runs, partitions = [], []
+    for snap in due:
+        previous = context.instance.get_run_records(
+            dg.RunsFilter(tags={"snapshot_id": snap.snapshot_id}), limit=1000
+        )
+        if any(r.dagster_run.status in LIVE for r in previous):
+            continue  # queued behind the render pool or running: not lost
+        # Keyed by the attempts and the runs so far: each sweep of the same state asks once.
+        key = f"{snap.snapshot_id}:{snap.attempts}:sweep{len(previous)}"
+        runs.append(snapshot_run(snap.snapshot_id, snap.report_id, key))
+        partitions.append(snap.snapshot_id)
+    if not runs:
+        return dg.SkipReason(f"{len(due)} due, each with a run queued or in progress")
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[SNAPSHOTS.build_add_request(partitions)],
+    )
