@@ -334,6 +334,11 @@ def _bootstrap_aws(lake_in_s3: bool) -> None:
         for name in queues:
             ensure_queue(aws, name)
     ensure_topic(aws, settings.alerts_topic_name())
+    # Report snapshot requests (any SQS client sends them) and their state table.
+    ensure_queue(aws, settings.snapshot_queue_name())
+    from services.snapshots.store import SnapshotStore
+
+    SnapshotStore.from_resources(aws).ensure_table()
 
 
 DEMO_SCALE = 50_000
