@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     from services.telemetry_api.cli import add_parser as add_telemetry_api_parser
 
     add_telemetry_api_parser(sub)
+    from services.snapshots.cli import add_parser as add_snapshot_parser
+
+    add_snapshot_parser(sub)
 
     p_mig = sub.add_parser("migration", help="registered tables: preflight, reset, resync, status")
     mig = p_mig.add_subparsers(dest="migration_command", required=True)
@@ -225,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.telemetry_api.cli import run_consumer as run_telemetry_consumer
 
         return run_telemetry_consumer(args)
+    if args.command in ("snapshot", "snapshot-api"):
+        from services.snapshots.cli import run as run_snapshot
+
+        return run_snapshot(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
