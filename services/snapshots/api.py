@@ -54,6 +54,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -541,9 +542,7 @@ def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = Non
                 "Content-Type",
             )
         body = _parse_body(await request.body())
-        from starlette.concurrency import run_in_threadpool
-
-        return await run_in_threadpool(submit, body)
+        return await run_in_threadpool(submit, body)  # the catalog and boto3 calls block
 
     def submit(body: SnapshotRequestBody) -> JSONResponse:
         reports = catalog()
