@@ -32,23 +32,11 @@ JOB = REPO / "assets" / "telemetry" / "spark" / "process_hour.py"
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)  # a Tuesday
 LATE_CUTOFF = HOUR + timedelta(minutes=65)
 
+from assets.telemetry.sql_catalog import summary_schema  # noqa: E402
 from services.telemetry_api.sink import RAW_SCHEMA  # noqa: E402  (the raw tier's contract)
 
-SUMMARY_SCHEMA = pa.schema(
-    [
-        ("device_id", pa.string()),
-        ("hour", pa.timestamp("us", tz="UTC")),
-        ("record_count", pa.int64()),
-        ("avg_temperature", pa.float64()),
-        ("min_temperature", pa.float64()),
-        ("max_temperature", pa.float64()),
-        ("temp_stddev", pa.float64()),
-        ("anomaly_count", pa.int64()),
-        ("data_quality_score", pa.float64()),
-        ("late_count", pa.int64()),
-        ("duplicate_count", pa.int64()),
-    ]
-)
+# The curated tier's declared contract (the SQL views read it): the job's output must match it.
+SUMMARY_SCHEMA = summary_schema()
 PROCESSED_COLUMNS = [
     "device_id",
     "temperature",
