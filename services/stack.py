@@ -225,10 +225,15 @@ def up(
         if settings.demo_sources_enabled():
             sim = ["telemetry-sim", "--url", f"http://127.0.0.1:{TELEMETRY_API_PORT}", "--devices", "20"]
             procs.append(("telemetry-sim", _service("telemetry-sim", [*sim, "--rate", "10"], env, var)))
+        # Report snapshots: request and poll over HTTP (or send to the SQS queue directly).
+        env.setdefault("SNAPSHOT_API_TOKEN", LOCAL_SNAPSHOT_API_TOKEN)
+        snapshot_api = ["snapshot-api", "--port", str(SNAPSHOT_API_PORT)]
+        procs.append(("snapshot-api", _service("snapshot-api", snapshot_api, env, var)))
         print(
             f"stack: up. Dagster UI at http://127.0.0.1:{ui_port}, store API at"
             f" http://127.0.0.1:{store_api_port}/docs, telemetry API at"
-            f" http://127.0.0.1:{TELEMETRY_API_PORT}/docs (Ctrl-C or `dp down` stops it)",
+            f" http://127.0.0.1:{TELEMETRY_API_PORT}/docs, snapshot API at"
+            f" http://127.0.0.1:{SNAPSHOT_API_PORT}/docs (Ctrl-C or `dp down` stops it)",
             flush=True,
         )
         restarts: dict[str, float] = {}
@@ -262,6 +267,8 @@ RESTARTED = {"cdc-capture", "cdc-traffic", "shop-traffic", "telemetry-sim"}
 STORE_API_PORT = 8600
 TELEMETRY_API_PORT = 8700
 LOCAL_TELEMETRY_API_TOKEN = "local-dev-token"  # what `dp telemetry-sim` sends by default
+SNAPSHOT_API_PORT = 8710
+LOCAL_SNAPSHOT_API_TOKEN = "local-dev-token"
 # The local stack's store API token when STORE_API_TOKEN is not set (documented in the README;
 # a deployment sets its own from its secret store).
 LOCAL_STORE_API_TOKEN = "local-dev-token"

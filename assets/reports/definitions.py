@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from assets.reports.sensors import build_request_sensor, report_snapshot_sweep
+from assets.reports.sensors import build_request_sensor, build_sweep_sensor
 from assets.reports.snapshot import build_snapshot_asset
 from services.snapshots.catalog import load_reports, resolve_reads
 
@@ -25,5 +25,5 @@ def build_defs(upstream: Mapping[dg.AssetKey, dg.PartitionsDefinition | None]) -
     ]
     return dg.Definitions(
         assets=[build_snapshot_asset(reports, deps)],
-        sensors=[build_request_sensor(reports, reads), report_snapshot_sweep],
+        sensors=[build_request_sensor(reports, reads), build_sweep_sensor(reads)],
     )

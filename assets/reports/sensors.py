@@ -76,7 +76,7 @@ def build_request_sensor(
             versions = versions_of[report.id]
             outcome = store.record_request(
                 request.request_id,
-                snapshot_id(report.id, params, versions),
+                snapshot_id(report.id, params, versions),  # as current_snapshot() computes it
                 report.id,
                 canonical_params(params),
                 canonical_versions(versions),
@@ -111,38 +111,48 @@ def build_request_sensor(
     )
 
 
-@dg.sensor(
-    name="report_snapshot_sweep",
-    asset_selection=dg.AssetSelection.assets(SNAPSHOT),
-    minimum_interval_seconds=15,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Runs snapshots that are due again: retries past their backoff, renders whose run died"
-        " (lease expired), requests whose first run never started."
-    ),
-)
-def report_snapshot_sweep(
-    context: dg.SensorEvaluationContext, aws: AwsClients
-) -> dg.SensorResult | dg.SkipReason:
-    store = SnapshotStore.from_resources(aws)
-    store.ensure_table()
-    due = store.due()
-    if not due:
-        return dg.SkipReason("no snapshot is due")
-    runs, partitions = [], []
-    for snap in due:
-        previous = context.instance.get_run_records(
-            dg.RunsFilter(tags={"snapshot_id": snap.snapshot_id}), limit=1000
-        )
-        if any(r.dagster_run.status in LIVE for r in previous):
-            continue  # queued behind the render pool or running: not lost
-        # Keyed by the attempts and the runs so far: each sweep of the same state asks once.
-        key = f"{snap.snapshot_id}:{snap.attempts}:sweep{len(previous)}"
-        runs.append(snapshot_run(snap.snapshot_id, snap.report_id, key))
-        partitions.append(snap.snapshot_id)
-    if not runs:
-        return dg.SkipReason(f"{len(due)} due, each with a run queued or in progress")
-    return dg.SensorResult(
-        run_requests=runs,
-        dynamic_partitions_requests=[SNAPSHOTS.build_add_request(partitions)],
+def build_sweep_sensor(reads: Mapping[str, Sequence[str]]) -> dg.SensorDefinition:
+    published: dict[str, list[str]] = {}  # what this process last wrote to the store, per report
+
+    @dg.sensor(
+        name="report_snapshot_sweep",
+        asset_selection=dg.AssetSelection.assets(SNAPSHOT),
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Runs snapshots that are due again: retries past their backoff, renders whose run died"
+            " (lease expired), requests whose first run never started. Publishes what each report"
+            " reads for the HTTP API's reuse path."
+        ),
     )
+    def report_snapshot_sweep(
+        context: dg.SensorEvaluationContext, aws: AwsClients
+    ) -> dg.SensorResult | dg.SkipReason:
+        store = SnapshotStore.from_resources(aws)
+        store.ensure_table()
+        for report_id, keys in reads.items():
+            if published.get(report_id) != sorted(keys):
+                store.put_report_reads(report_id, list(keys))
+                published[report_id] = sorted(keys)
+        due = store.due()
+        if not due:
+            return dg.SkipReason("no snapshot is due")
+        runs, partitions = [], []
+        for snap in due:
+            previous = context.instance.get_run_records(
+                dg.RunsFilter(tags={"snapshot_id": snap.snapshot_id}), limit=1000
+            )
+            if any(r.dagster_run.status in LIVE for r in previous):
+                continue  # queued behind the render pool or running: not lost
+            # Keyed by the attempts and the runs so far: each sweep of the same state asks once.
+            key = f"{snap.snapshot_id}:{snap.attempts}:sweep{len(previous)}"
+            runs.append(snapshot_run(snap.snapshot_id, snap.report_id, key))
+            partitions.append(snap.snapshot_id)
+        if not runs:
+            return dg.SkipReason(f"{len(due)} due, each with a run queued or in progress")
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=[SNAPSHOTS.build_add_request(partitions)],
+        )
+
+    return report_snapshot_sweep

@@ -5,9 +5,12 @@ unchanged data maps to the snapshot already made, and any new materialization of
 report reads (any partition of it) makes the same request render anew.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import dagster as dg
+
+from services.snapshots.ids import snapshot_id
 
 NEVER = "never-materialized"
 
@@ -22,3 +25,12 @@ def upstream_versions(instance: dg.DagsterInstance, keys: Iterable[str]) -> dict
         for r in records
     }
     return {k: str(latest[k]) if latest.get(k) is not None else NEVER for k in wanted}
+
+
+def current_snapshot(
+    instance: dg.DagsterInstance, report_id: str, params: Mapping[str, Any], reads: Iterable[str]
+) -> tuple[str, dict[str, str]]:
+    """The snapshot id a request for report_id with (typed) params names now, and the versions it
+    was computed from: the one computation the sensor and the HTTP API's reuse path share."""
+    versions = upstream_versions(instance, reads)
+    return snapshot_id(report_id, params, versions), versions

@@ -65,11 +65,13 @@ from services.snapshots.catalog import (
     load_reports,
     validate_params,
 )
-from services.snapshots.ids import SNAPSHOT_ID_PATTERN, canonical_params
+from services.snapshots.ids import SNAPSHOT_ID_PATTERN, canonical_params, canonical_versions
 from services.snapshots.messages import MAX_BODY_BYTES, REQUEST_ID, new_request_id, request_body
-from services.snapshots.store import SnapshotStore
+from services.snapshots.store import READY, SnapshotStore
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
     from resources.aws import AwsClients
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,15 @@ class Accepted(BaseModel):
     request_id: str
     state: str = Field(description="REQUESTED when sent now; else the recorded request's state")
     poll: str = Field(description="the path to poll: /v1/requests/<request_id>")
+
+
+class Reused(Accepted):
+    """A request answered at once by a READY snapshot of the data as it is now (200)."""
+
+    model_config = ConfigDict(extra="allow")
+    snapshot_id: str
+    uri: str | None = None
+    files: dict[str, str] = Field(default_factory=dict, description="format -> object URI")
 
 
 class SnapshotState(BaseModel):
@@ -384,10 +395,16 @@ def report_info(report: Report) -> dict[str, Any]:
 
 
 # --- the app ---------------------------------------------------------------------------------
-def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = None) -> FastAPI:
+def create_app(
+    aws: AwsClients,
+    token: str,
+    reports_dir: Path | str | None = None,
+    instance: DagsterInstance | None = None,
+) -> FastAPI:
     """The API over `aws` (SQS for requests, DynamoDB for state). The state store is bound to
     PLATFORM_SNAPSHOT_TABLE now; the queue name is read on each request; the catalog (default
-    platform/reports/) on each request that needs it."""
+    platform/reports/) on each request that needs it. With the platform's Dagster `instance`, a
+    request whose snapshot (over the data as it is now) is READY is answered at once (200)."""
     if not token:
         raise RuntimeError(f"{TOKEN_ENV} is not set: the snapshot API refuses to run without a token")
     from botocore.exceptions import BotoCoreError, ClientError
@@ -519,7 +536,10 @@ def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = Non
         "/snapshots",
         status_code=202,
         response_model=Accepted,
-        responses=_errors(401, 404, 409, 413, 415, 422, 503),
+        responses={
+            200: {"model": Reused, "description": "answered at once: the snapshot is READY"},
+            **_errors(401, 404, 409, 413, 415, 422, 503),
+        },
         summary="Request a snapshot of a report",
         # The body is read by hand (content type, JSON, then fields, each with its own error);
         # its schema is documented here.
@@ -531,8 +551,9 @@ def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = Non
         },
     )
     async def post_snapshot(request: Request) -> JSONResponse:
-        """Check the report and parameters against the catalog, then send the request to the
-        queue. Poll the answer's `poll` path for the state."""
+        """Check the report and parameters against the catalog, then answer at once if the
+        snapshot of the data as it is now is READY (200), else send the request to the queue (202).
+        Poll the answer's `poll` path for the state."""
         if not _is_json(request.headers.get("content-type")):
             got = request.headers.get("content-type") or "none"
             raise ApiError(
@@ -590,8 +611,39 @@ def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = Non
             return JSONResponse(
                 {"request_id": request_id, "state": existing["state"], "poll": poll}, status_code=202
             )
+        if instance is not None:
+            found = reuse(report.id, typed, request_id)
+            if found is not None:
+                answer = Reused(
+                    request_id=request_id, poll=poll, **{k: v for k, v in found.items() if k != "request_id"}
+                )
+                return JSONResponse(answer.model_dump(), status_code=200)
         send(request_body(report.id, body.params, request_id))
         return JSONResponse({"request_id": request_id, "state": "REQUESTED", "poll": poll}, status_code=202)
+
+    def reuse(report_id: str, typed: dict[str, Any], request_id: str) -> dict[str, Any] | None:
+        """The request recorded against a READY snapshot of the data as it is now, or None (not
+        READY, or the sensor has not published what the report reads yet): then it is queued."""
+        from assets.reports.versions import current_snapshot
+
+        if instance is None:
+            return None
+        try:
+            reads = store.report_reads(report_id)
+            if reads is None:
+                return None
+            snapshot, versions = current_snapshot(instance, report_id, typed, reads)
+            held = store.get(snapshot)
+            if held is None or held.state != READY:
+                return None
+            outcome = store.record_request(
+                request_id, snapshot, report_id, canonical_params(typed), canonical_versions(versions)
+            )
+            return store.get_request(request_id) if outcome.state == READY else None
+        except store.client.exceptions.ResourceNotFoundException:
+            return None  # no table yet: nothing was ever rendered
+        except aws_errors as exc:
+            raise unavailable(f"the state table {store.table_name!r} cannot be read", exc) from exc
 
     @v1.get(
         "/requests/{request_id}",
@@ -672,10 +724,19 @@ def create_app(aws: AwsClients, token: str, reports_dir: Path | str | None = Non
 
 def create_app_from_env() -> FastAPI:
     """The app as `dp snapshot-api` serves it: the token from SNAPSHOT_API_TOKEN, AwsClients from
-    the profile (resources.profiles: the moto server locally, AWS on the aws profile)."""
+    the profile (resources.profiles: the moto server locally, AWS on the aws profile), and the
+    platform's Dagster instance when DAGSTER_HOME is set (`dp up` sets it), for answering READY
+    snapshots at once."""
     from resources.profiles import build_resources
 
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise RuntimeError(f"{TOKEN_ENV} is not set: the snapshot API refuses to run without a token")
-    return create_app(build_resources()["aws"], token)
+    instance = None
+    if os.environ.get("DAGSTER_HOME"):
+        from dagster import DagsterInstance
+
+        instance = DagsterInstance.get()
+    else:
+        log.warning("snapshot-api: DAGSTER_HOME is not set: every request is queued (no answer at once)")
+    return create_app(build_resources()["aws"], token, instance=instance)

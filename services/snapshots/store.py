@@ -21,7 +21,7 @@ the write's condition):
   request, past a grace period: its first run was requested with it) and RENDERING with an expired
   lease. The sensor re-requests runs for them keyed ``f"{snapshot_id}:{attempts}"``.
 
-Items (partition key ``snapshot_id``, attribute ``kind`` = snapshot | request):
+Items (partition key ``snapshot_id``, attribute ``kind`` = snapshot | request | report):
 
 - snapshot: snapshot_id, report_id, params (canonical JSON), data_versions (JSON), state, attempts,
   created_at, updated_at; RENDERING: lease_owner, lease_until; REQUESTED after a failed attempt:
@@ -30,8 +30,13 @@ Items (partition key ``snapshot_id``, attribute ``kind`` = snapshot | request):
 - request, key ``request#<request_id>``: request_id, target_snapshot_id, report_id, params,
   data_versions, received_at; a request rejected before it had a snapshot (malformed, unknown
   report, bad parameter): state FAILED, error, failed_at. Clients poll it with ``get_request``,
-  which merges in the snapshot's state. One table rather than two: one table to provision and
-  one setting; snapshot ids (``ids.SNAPSHOT_ID_PATTERN``) never contain ``#``, so keys never clash.
+  which merges in the snapshot's state.
+- report, key ``report#<report_id>``: the asset keys the report reads (its `reads` resolved by the
+  code location), published by the sweep sensor so the HTTP API can compute snapshot ids (and
+  answer a READY one at once) without loading the code location.
+
+One table rather than three: one table to provision and one setting; snapshot ids
+(``ids.SNAPSHOT_ID_PATTERN``) never contain ``#``, so keys never clash.
 
 While a snapshot needs work it carries ``pending`` and ``due_at`` (when it next needs a run), the
 keys of the sparse index ``pending-by-due``; READY and FAILED items drop both and leave the index,
@@ -64,6 +69,7 @@ REQUESTED, RENDERING, READY, FAILED = "REQUESTED", "RENDERING", "READY", "FAILED
 STATES = (REQUESTED, RENDERING, READY, FAILED)
 
 REQUEST_KEY_PREFIX = "request#"
+REPORT_KEY_PREFIX = "report#"  # what a report reads, as the code location resolved it
 PENDING_INDEX = "pending-by-due"
 PENDING = "pending"  # the one value of the sparse index's partition key
 MAX_ERROR_CHARS = 4000  # an error text is for people; a whole traceback would bloat every poll
@@ -708,6 +714,19 @@ class SnapshotStore:
         if not done:
             raise LeaseLost(snapshot_id, owner, None if found is None else Snapshot.from_item(found))
         return new_state
+
+    # --- what each report reads (published by the sensor, read by the HTTP API's reuse path) ---
+    def put_report_reads(self, report_id: str, reads: list[str], now: datetime | None = None) -> None:
+        """Record the asset keys report_id reads, as the code location resolved its `reads`."""
+        validate_report_id(report_id)
+        item = {"snapshot_id": REPORT_KEY_PREFIX + report_id, "kind": "report", "report_id": report_id,
+                "reads": json.dumps(sorted(reads)), "updated_at": _now(now)}  # fmt: skip
+        self.client.put_item(TableName=self.table_name, Item=_encode(item))
+
+    def report_reads(self, report_id: str) -> list[str] | None:
+        """The asset keys report_id reads, or None if the sensor has not published them yet."""
+        item = self._get_item(REPORT_KEY_PREFIX + validate_report_id(report_id))
+        return None if item is None else list(json.loads(_decode(item)["reads"]))
 
     # --- reading ---
     def get(self, snapshot_id: str) -> Snapshot | None:

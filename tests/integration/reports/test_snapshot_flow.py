@@ -192,6 +192,25 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
         assert _drain(flow, instance) == []
         assert store.get_request("reuse-7")["snapshot_id"] == snapshots[7]
 
+        # Through the HTTP API with the platform's instance, the same request is answered at once
+        # (200 READY, no message sent) once the sweep has published what the report reads.
+        from fastapi.testclient import TestClient
+
+        from services.snapshots.api import create_app
+
+        api = TestClient(create_app(aws, "t0ken", instance=instance))
+        auth = {"Authorization": "Bearer t0ken"}
+        post = {"report": "store_sales_windows", "params": {"day": day.isoformat(), "store_id": 7}}
+        assert api.post("/v1/snapshots", json=post, headers=auth).status_code == 202  # reads unknown yet
+        assert _drain(flow, instance) == []  # (that one was queued and answered by the sensor)
+        _tick(flow, instance, "report_snapshot_sweep")
+        answer = api.post("/v1/snapshots", json={**post, "request_id": "api-7"}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == READY and answer.json()["snapshot_id"] == snapshots[7]
+        assert answer.json()["files"]["png"].endswith("/store_sales_windows.png")
+        assert store.get_request("api-7")["state"] == READY
+        assert _drain(flow, instance) == []  # nothing was queued for it
+
         # New data upstream (a late refund re-aggregates the window; store_sales_30min materialized
         # again): the same request renders a new snapshot with the new figures.
         write_windows(warehouse, window, {s: (net[s], "10.00" if s == 7 else "0", 2) for s in net})
@@ -201,11 +220,14 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
         _send(
             aws, flow["queue_url"], request_body("store_sales_windows", {"day": day, "store_id": 7}, "new-7")
         )
+        queued = api.post("/v1/snapshots", json={**post, "request_id": "api-new-7"}, headers=auth)
+        assert queued.status_code == 202  # the data changed: not READY, so queued
         [rerun] = _drain(flow, instance)
         assert rerun.partition_key != snapshots[7]
         assert execute(flow["defs"], instance, rerun, resources).success
-        item = store.get_request("new-7")
-        assert item["state"] == READY and item["snapshot_id"] == rerun.partition_key
+        for request_id in ("new-7", "api-new-7"):
+            item = store.get_request(request_id)
+            assert item["state"] == READY and item["snapshot_id"] == rerun.partition_key
         [row] = _csv_rows(_snapshot_files(flow, rerun.partition_key)["store_sales_windows.csv"])
         assert row["net_sales"] == money(100 + 7 * 3 - 10)
         assert len(_materializations(instance)) == STORES + 1
