@@ -97,22 +97,25 @@ def _coerce(kind: str, value: Any, choices: list[str] | None = None) -> Any:
     if kind == "int":
         if isinstance(value, bool):
             raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):
-            return int(value)
-        raise ValueError(f"expected an integer, got {value!r}")
+        whole = value if isinstance(value, int) else None
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,19}\s*", value):
+            whole = int(value)
+        if whole is None:
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not -(2**63) <= whole < 2**63:  # the warehouses' BIGINT / INT64
+            raise ValueError(f"{value!r} is outside the 64-bit integer range")
+        return whole
     if kind == "float":
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
         number: float | None = None
-        if isinstance(value, int | float | Decimal):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, int | float | Decimal):
+                number = float(value)
+            elif isinstance(value, str):
                 number = float(Decimal(value.strip()))
-            except (InvalidOperation, ValueError):
-                number = None
+        except (InvalidOperation, ValueError, OverflowError):  # 10**400 overflows float()
+            number = None
         if number is None or not math.isfinite(number):
             raise ValueError(f"expected a finite number, got {value!r}")
         return number

@@ -308,3 +308,20 @@ def test_a_string_parameter_stays_a_string_for_bigquery(report: Report) -> None:
 def test_nul_characters_are_refused(report: Report) -> None:
     with pytest.raises(ReportRequestError, match="NUL"):
         validate_params(report, {"day": "2026-01-01", "name": "a\x00b"})
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        ("int", 2**70, "outside the 64-bit integer range"),
+        ("int", "9223372036854775808", "outside the 64-bit integer range"),
+        ("float", 10**400, "expected a finite number"),
+        ("float", "1e400", "expected a finite number"),
+    ],
+)
+def test_numbers_too_big_for_the_warehouse_are_refused(kind: str, value: object, message: str) -> None:
+    from services.snapshots.catalog import _coerce
+
+    with pytest.raises(ValueError, match=message):
+        _coerce(kind, value)
+    assert _coerce("int", -(2**63)) == -(2**63)
