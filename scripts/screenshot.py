@@ -36,7 +36,9 @@ FLAGS = [
 DISMISS = "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Skip')?.click()"
 
 
-def screenshot(url: str, out: str, click: str | None = None, settle_seconds: float = 12.0) -> None:
+def screenshot(url: str, out: str, click: str | None = None, settle_seconds: float | None = None) -> None:
+    # SCREENSHOT_SETTLE=40 on a loaded machine, where the UI's status queries take longer
+    settle_seconds = settle_seconds or float(os.environ.get("SCREENSHOT_SETTLE", "12"))
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("chromium is not installed: apt-get install -y chromium")
