@@ -144,7 +144,8 @@ class Round:
             f"p95 {pct(lat, 95):6.2f} s, max {max(lat):6.2f} s; {self.per_minute:7.1f} snapshots/min"
         )
         if self.kind.startswith("http"):
-            out += f"; API server CPU {self.api_cpu:4.1f} s"
+            out += f"; API server CPU {self.api_cpu:4.1f} s, moto CPU {self.moto_cpu:4.1f} s"
+            out += f" over {self.wall:4.1f} s wall"
         else:
             out += (
                 f"; runs created {self.runs_created}; wall {self.wall:5.1f} s, daemon tree CPU"
@@ -615,7 +616,8 @@ class Bench:
         rounds = []
         for kind, workers in (("http", min(32, len(params))), ("http1", 1)):
             result = Round(kind, number)
-            api0, t0 = tree_cpu(self.api_proc.pid), time.time()
+            assert self.moto is not None
+            api0, moto0, t0 = tree_cpu(self.api_proc.pid), tree_cpu(self.moto.pid), time.time()
             with ThreadPoolExecutor(workers) as pool:
                 answers = list(
                     pool.map(
@@ -625,6 +627,7 @@ class Bench:
                 )
             wall = time.time() - t0
             result.api_cpu = tree_cpu(self.api_proc.pid) - api0
+            result.moto_cpu, result.wall = tree_cpu(self.moto.pid) - moto0, wall
             for i, (status, answer, took) in enumerate(answers):
                 want = expected[i] if i < len(expected) else None
                 if status == 200 and answer.get("state") == "READY" and answer.get("snapshot_id") == want:
@@ -791,8 +794,10 @@ def report(bench: Bench, rounds: list[Round]) -> None:
     if "http" in verdicts and verdicts["http"][1] >= REUSE_TARGET_S:
         print(
             "  A burst waits on one `dp snapshot-api` process (uvicorn, one worker; each POST reads"
-            " the catalog, the Dagster instance's asset records and DynamoDB in its thread pool);"
-            " compare the one-at-a-time figure, and the CPUs other work kept busy."
+            " the catalog, the Dagster instance's asset records and several DynamoDB items in its"
+            " thread pool) and, here, on the one moto server standing in for DynamoDB (one Python"
+            " process: its calls take turns; compare its CPU to the round's wall time); compare"
+            " the one-at-a-time figure, and the CPUs other work kept busy."
         )
 
 
