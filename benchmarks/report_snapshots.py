@@ -792,12 +792,17 @@ def report(bench: Bench, rounds: list[Round]) -> None:
                 f" {REUSE_TARGET_S:.0f} s: " + ("met." if worst < REUSE_TARGET_S else "SLOWER.")
             )
     if "http" in verdicts and verdicts["http"][1] >= REUSE_TARGET_S:
+        burst = by_kind["http"]
+        wall = sum(r.wall for r in burst)
+        api, moto = sum(r.api_cpu for r in burst) / wall, sum(r.moto_cpu for r in burst) / wall
         print(
-            "  A burst waits on one `dp snapshot-api` process (uvicorn, one worker; each POST reads"
-            " the catalog, the Dagster instance's asset records and several DynamoDB items in its"
-            " thread pool) and, here, on the one moto server standing in for DynamoDB (one Python"
-            " process: its calls take turns; compare its CPU to the round's wall time); compare"
-            " the one-at-a-time figure, and the CPUs other work kept busy."
+            "  A burst of K POSTs waits on one `dp snapshot-api` process (uvicorn, one worker; each"
+            " POST reads the catalog, the Dagster instance's asset records and several DynamoDB"
+            " items from its thread pool). Over the bursts, the API server used"
+            f" {api:.2f} and moto {moto:.2f}"
+            " of a CPU: near 1.0 means that process is the bottleneck (one Python process, its"
+            " threads take turns); well below, the POSTs wait on something serial between them."
+            " Compare the one-at-a-time figure, and the CPUs other work kept busy."
         )
 
 
