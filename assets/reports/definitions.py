@@ -24,6 +24,6 @@ def build_defs(upstream: Mapping[dg.AssetKey, dg.PartitionsDefinition | None]) -
         for k in sorted({k for keys_read in reads.values() for k in keys_read})
     ]
     return dg.Definitions(
-        assets=[build_snapshot_asset(reports, deps)],
+        assets=[build_snapshot_asset(reports, reads, deps)],
         sensors=[build_request_sensor(reports, reads), build_sweep_sensor(reads)],
     )

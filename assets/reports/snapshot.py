@@ -11,13 +11,14 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
 from assets.reports.partitions import DOMAIN, POOL, SNAPSHOT, SNAPSHOTS
+from assets.reports.versions import upstream_versions
 from resources import settings
 from resources.aws import AwsClients
 from resources.lake import LakeStorage
@@ -50,7 +51,9 @@ def lease_kept(
         thread.join()
 
 
-def build_snapshot_asset(reports: dict[str, Report], upstream: Sequence[dg.AssetDep]) -> dg.AssetsDefinition:
+def build_snapshot_asset(
+    reports: dict[str, Report], reads: Mapping[str, Sequence[str]], upstream: Sequence[dg.AssetDep]
+) -> dg.AssetsDefinition:
     @dg.asset(
         key=SNAPSHOT,
         partitions_def=SNAPSHOTS,
@@ -92,6 +95,9 @@ def build_snapshot_asset(reports: dict[str, Report], upstream: Sequence[dg.Asset
                     report = reports.get(snap.report_id)
                     if report is None:
                         raise ValueError(f"report {snap.report_id!r} is not in this code location's catalog")
+                    # The id names the versions seen when the request was recorded; the query reads the
+                    # tables as they are now, so the versions at render time are recorded beside them.
+                    rendered_over = upstream_versions(context.instance, reads.get(report.id, []))
                     result = render(report, validate_params(report, snap.params), warehouse, work)
                     prefix = snapshot_prefix(report.id, snapshot_id)
                     files = {}
@@ -134,6 +140,8 @@ def build_snapshot_asset(reports: dict[str, Report], upstream: Sequence[dg.Asset
                 "attempt": done.attempts,
                 "params": dg.MetadataValue.json(snap.params),
                 "data_versions": dg.MetadataValue.json(snap.data_versions),
+                "data_versions_at_render": dg.MetadataValue.json(rendered_over),
+                "data_changed_since_request": rendered_over != snap.data_versions,
                 "rows": result.rows,
                 "checksum": result.checksum,
                 "query_seconds": round(result.query_seconds, 3),

@@ -25,6 +25,7 @@ import dagster as dg
 import pytest
 
 from assets.reports.partitions import SNAPSHOT
+from assets.reports.versions import NEVER
 from resources.aws import AwsClients
 from resources.lake import LocalLake
 from resources.lake.paths import snapshot_prefix
@@ -165,7 +166,12 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
         runs = _drain(flow, instance)
         assert len(runs) == STORES  # one run per distinct snapshot, whatever the duplicates
         for request in runs:
-            assert execute(flow["defs"], instance, request, resources).success
+            result = execute(flow["defs"], instance, request, resources)
+            assert result.success
+            [event] = result.get_asset_materialization_events()
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            assert meta["data_changed_since_request"] is False
+            assert meta["data_versions_at_render"] == meta["data_versions"] == {"store_sales_30min": NEVER}
         # A duplicate run of a READY snapshot renders nothing and succeeds.
         again = execute(flow["defs"], instance, runs[0], resources)
         assert again.success and not again.get_asset_materialization_events()
@@ -224,7 +230,19 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
         assert queued.status_code == 202  # the data changed: not READY, so queued
         [rerun] = _drain(flow, instance)
         assert rerun.partition_key != snapshots[7]
-        assert execute(flow["defs"], instance, rerun, resources).success
+        # Another materialization lands between the request and its render: the snapshot keeps the
+        # versions its id names, and its metadata says the render read newer data.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(STORE_SALES, partition=window.strftime("%Y-%m-%d-%H:%M"))
+        )
+        rendered = execute(flow["defs"], instance, rerun, resources)
+        assert rendered.success
+        [event] = rendered.get_asset_materialization_events()
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        assert meta["data_changed_since_request"] is True
+        assert int(meta["data_versions_at_render"]["store_sales_30min"]) > int(
+            meta["data_versions"]["store_sales_30min"]
+        )
         for request_id in ("new-7", "api-new-7"):
             item = store.get_request(request_id)
             assert item["state"] == READY and item["snapshot_id"] == rerun.partition_key
