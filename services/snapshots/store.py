@@ -308,6 +308,9 @@ def _error_text(error: Any) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 15] + " ...(truncated)"
 
 
+_TABLES_SEEN: set[tuple[str, str, str]] = set()  # (endpoint, region, table) known to exist
+
+
 class SnapshotStore:
     """Snapshot and request items in one DynamoDB table, over a boto3 DynamoDB client."""
 
@@ -327,10 +330,15 @@ class SnapshotStore:
     # --- the table ---
     def ensure_table(self) -> None:
         """Create the table on first use (on-demand capacity, key snapshot_id, the sparse index of
-        pending snapshots) and wait until it is active."""
+        pending snapshots) and wait until it is active. Checked once per process and table: the
+        sensors call this every tick."""
         ddb = self.client
+        known = (ddb.meta.endpoint_url, ddb.meta.region_name, self.table_name)
+        if known in _TABLES_SEEN:
+            return
         try:
             ddb.describe_table(TableName=self.table_name)
+            _TABLES_SEEN.add(known)
             return
         except ddb.exceptions.ResourceNotFoundException:
             pass
@@ -356,6 +364,7 @@ class SnapshotStore:
                 BillingMode="PAY_PER_REQUEST",
             )
         ddb.get_waiter("table_exists").wait(TableName=self.table_name)
+        _TABLES_SEEN.add(known)
 
     # --- low-level calls ---
     def _get_item(self, key: str) -> dict[str, Any] | None:
