@@ -73,6 +73,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from assets.reports.runs import snapshot_tag  # noqa: E402
 from benchmarks.proc_tree import machine_busy, tree_cpu, tree_memory_mb  # noqa: E402
 from services.moto import free_port, start_moto, wait_for_http  # noqa: E402
 from services.stack import dagster_pg_env, drop_dagster_db, ensure_dagster_db  # noqa: E402
@@ -556,7 +557,7 @@ class Bench:
             if kind != "new":
                 continue
             runs = self.instance.get_runs(
-                filters=dg.RunsFilter(tags={"snapshot_id": item["snapshot_id"]}), limit=5
+                filters=dg.RunsFilter(tags={snapshot_tag(item["snapshot_id"]): "render"}), limit=5
             )
             ready_at = _ts(item.get("ready_at"))
             if not runs or recorded is None or ready_at is None:
@@ -569,20 +570,24 @@ class Bench:
                 result.stages["enqueued->launched"].append(launched - enqueued)
                 result.stages["launched->started"].append(started - launched)
                 result.stages["started->READY"].append(ready_at - started)
-                self.render_parts(runs[-1].run_id, started, ready_at, result.stages)
+                self.render_parts(runs[-1].run_id, item["snapshot_id"], started, ready_at, result.stages)
             result.stages["READY->seen"].append(item["_seen"] - ready_at)
         return result
 
     def render_parts(
-        self, run_id: str, started: float, ready_at: float, stages: dict[str, list[float]]
+        self, run_id: str, snapshot: str, started: float, ready_at: float, stages: dict[str, list[float]]
     ) -> None:
-        """started->READY split: the run's setup until STEP_START, then the asset's own query and
-        render seconds (its materialization metadata), and the rest (claim, lake and DynamoDB
-        writes, lease thread)."""
+        """started->READY split: the run's setup until STEP_START, then this snapshot's query and
+        render seconds (its partition's materialization metadata), and the rest (the snapshots
+        before it in the run's batch; claim, lake and DynamoDB writes)."""
         from dagster import DagsterEventType
 
         step = self.instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
-        done = self.instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        done = [
+            e
+            for e in self.instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+            if e.dagster_event is not None and e.dagster_event.partition == snapshot
+        ]
         if not step or not done:
             return
         materialization = done[0].dagster_event.event_specific_data.materialization  # type: ignore[union-attr]

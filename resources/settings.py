@@ -320,6 +320,12 @@ def snapshot_max_attempts() -> int:
     return int(_positive_number("PLATFORM_SNAPSHOT_MAX_ATTEMPTS", 3))
 
 
+def snapshot_batch_size() -> int:
+    """Snapshots one render run takes at most: a burst of requests becomes a few runs, each paying
+    the run process's start once and rendering its snapshots one after another."""
+    return int(_positive_number("PLATFORM_SNAPSHOT_BATCH_SIZE", 16))
+
+
 def snapshot_backoff_seconds() -> float:
     """The first retry's delay; each further retry waits twice as long."""
     return _positive_number("PLATFORM_SNAPSHOT_BACKOFF_SECONDS", 10.0)

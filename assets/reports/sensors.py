@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
-from assets.reports.partitions import DOMAIN, SNAPSHOT, SNAPSHOTS
+from assets.reports.partitions import SNAPSHOT, SNAPSHOTS
+from assets.reports.runs import SNAPSHOT_TAG_VALUE, Planned, render_runs, snapshot_tag
 from assets.reports.versions import upstream_versions
 from assets.shared.sqs_sensor import Handled, Received, sqs_sensor
 from resources import settings
@@ -33,15 +34,6 @@ LIVE = [
 ]
 
 
-def snapshot_run(snapshot: str, report_id: str, run_key: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=run_key,
-        partition_key=snapshot,
-        asset_selection=[SNAPSHOT],
-        tags={"domain": DOMAIN, "report": report_id, "snapshot_id": snapshot},
-    )
-
-
 def _body_text(body: str) -> str:
     return body  # every body reaches the handler: a request it cannot use is answered, not left
 
@@ -52,7 +44,7 @@ def build_request_sensor(
     def handle(context: dg.SensorEvaluationContext, received: Sequence[Received[str]]) -> Handled:
         store = SnapshotStore.from_resources(context.resources.aws)
         store.ensure_table()
-        handled, versions_of, asked = Handled(), {}, set()
+        handled, versions_of, asked = Handled(), {}, dict[str, Planned]()
         counts = {"new": 0, "reused": 0, "rejected": 0, "waiting": 0}
         for message in received:
             try:
@@ -88,12 +80,14 @@ def build_request_sensor(
             elif outcome.state in (FAILED, RENDERING) or target is None:
                 counts["waiting"] += 1
             elif target not in asked:
-                asked.add(target)
                 counts["new"] += 1
                 attempts = outcome.snapshot.attempts if outcome.snapshot else 0
-                handled.run_requests.append(snapshot_run(target, report.id, f"{target}:{attempts}"))
+                asked[target] = Planned(target, report.id, f"{target}:{attempts}")
         if asked:
             handled.dynamic_partitions_requests.append(SNAPSHOTS.build_add_request(sorted(asked)))
+            handled.run_requests.extend(
+                render_runs(list(asked.values()), settings.snapshot_batch_size(), "request")
+            )
         handled.notes.append(", ".join(f"{v} {k}" for k, v in counts.items()))
         return handled
 
@@ -137,22 +131,24 @@ def build_sweep_sensor(reads: Mapping[str, Sequence[str]]) -> dg.SensorDefinitio
         due = store.due()
         if not due:
             return dg.SkipReason("no snapshot is due")
-        runs, partitions = [], []
+        lost: list[Planned] = []
         for snap in due:
             previous = context.instance.get_run_records(
-                dg.RunsFilter(tags={"snapshot_id": snap.snapshot_id}), limit=1000
+                dg.RunsFilter(tags={snapshot_tag(snap.snapshot_id): SNAPSHOT_TAG_VALUE}), limit=1000
             )
             if any(r.dagster_run.status in LIVE for r in previous):
                 continue  # queued behind the render pool or running: not lost
             # Keyed by the attempts and the runs so far: each sweep of the same state asks once.
-            key = f"{snap.snapshot_id}:{snap.attempts}:sweep{len(previous)}"
-            runs.append(snapshot_run(snap.snapshot_id, snap.report_id, key))
-            partitions.append(snap.snapshot_id)
-        if not runs:
+            lost.append(
+                Planned(
+                    snap.snapshot_id, snap.report_id, f"{snap.snapshot_id}:{snap.attempts}:{len(previous)}"
+                )
+            )
+        if not lost:
             return dg.SkipReason(f"{len(due)} due, each with a run queued or in progress")
         return dg.SensorResult(
-            run_requests=runs,
-            dynamic_partitions_requests=[SNAPSHOTS.build_add_request(partitions)],
+            run_requests=render_runs(lost, settings.snapshot_batch_size(), "sweep"),
+            dynamic_partitions_requests=[SNAPSHOTS.build_add_request(sorted(p.snapshot_id for p in lost))],
         )
 
     return report_snapshot_sweep

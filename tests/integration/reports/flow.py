@@ -43,12 +43,20 @@ def apply(instance: dg.DagsterInstance, result: dg.SensorResult | dg.SkipReason)
 def execute(
     defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest, resources: dict[str, Any]
 ) -> dg.ExecuteInProcessResult:
-    """Run one run request's partition of report_snapshot (as the run the daemon launches)."""
+    """Run one run request of report_snapshot (as the run the daemon launches): its partition,
+    its config (the batch's other snapshots) and its tags."""
     return dg.materialize(
         [snapshot_asset(defs)],
         partition_key=request.partition_key,
+        run_config=request.run_config,
         resources=resources,
         instance=instance,
         tags=dict(request.tags),
         raise_on_error=False,
     )
+
+
+def snapshots_of(request: dg.RunRequest) -> list[str]:
+    """The snapshots a run request asks to render: its partition, then its config's others."""
+    [op_config] = request.run_config["ops"].values()
+    return [request.partition_key or "", *op_config["config"]["snapshots"]]

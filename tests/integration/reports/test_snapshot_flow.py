@@ -25,6 +25,7 @@ import dagster as dg
 import pytest
 
 from assets.reports.partitions import SNAPSHOT
+from assets.reports.runs import snapshot_tag
 from assets.reports.versions import NEVER
 from resources.aws import AwsClients
 from resources.lake import LocalLake
@@ -35,7 +36,7 @@ from services.aws_bootstrap import ensure_queue
 from services.snapshots.ids import request_id_for_invalid
 from services.snapshots.messages import request_body
 from services.snapshots.store import FAILED, READY, RENDERING, SnapshotStore
-from tests.integration.reports.flow import STORE_SALES, apply, execute, report_defs
+from tests.integration.reports.flow import STORE_SALES, apply, execute, report_defs, snapshots_of
 from tests.integration.reports.flow import sensor as sensor_def
 from tests.integration.reports.test_render import write_windows
 from tests.support.waiting import wait_for
@@ -84,6 +85,7 @@ def flow(tmp_path: Path, local_aws: AwsClients, monkeypatch: pytest.MonkeyPatch)
         "PLATFORM_SNAPSHOT_LEASE_SECONDS": "3",
         "PLATFORM_SNAPSHOT_MAX_ATTEMPTS": "3",
         "PLATFORM_SNAPSHOT_BACKOFF_SECONDS": "0.2",
+        "PLATFORM_SNAPSHOT_BATCH_SIZE": "8",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -164,18 +166,29 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
 
     with dg.instance_for_test() as instance:
         runs = _drain(flow, instance)
-        assert len(runs) == STORES  # one run per distinct snapshot, whatever the duplicates
+        # Every distinct snapshot in exactly one run, whatever the duplicates; the 50 in runs of at
+        # most 8 (PLATFORM_SNAPSHOT_BATCH_SIZE): 7 runs, of 8 and 7.
+        in_runs = [s for request in runs for s in snapshots_of(request)]
+        assert len(in_runs) == len(set(in_runs)) == STORES
+        assert sorted(len(snapshots_of(r)) for r in runs) == [7] * 6 + [8]
         for request in runs:
+            assert all(request.tags[snapshot_tag(s)] == "render" for s in snapshots_of(request))
             result = execute(flow["defs"], instance, request, resources)
             assert result.success
-            [event] = result.get_asset_materialization_events()
-            meta = {k: v.value for k, v in event.materialization.metadata.items()}
-            assert meta["data_changed_since_request"] is False
-            assert meta["data_versions_at_render"] == meta["data_versions"] == {"store_sales_30min": NEVER}
+            events = result.get_asset_materialization_events()
+            # One materialization per snapshot of the run, each of its own partition.
+            assert sorted(e.partition or "" for e in events) == sorted(snapshots_of(request))
+            for event in events:
+                meta = {k: v.value for k, v in event.materialization.metadata.items()}
+                assert meta["snapshot_id"] == event.partition
+                assert meta["data_changed_since_request"] is False
+                assert (
+                    meta["data_versions_at_render"] == meta["data_versions"] == {"store_sales_30min": NEVER}
+                )
         # A duplicate run of a READY snapshot renders nothing and succeeds.
         again = execute(flow["defs"], instance, runs[0], resources)
         assert again.success and not again.get_asset_materialization_events()
-        assert len(_materializations(instance)) == STORES
+        assert Counter(_materializations(instance)) == dict.fromkeys(in_runs, 1)
 
         snapshots: dict[int, str] = {}
         for (store_id, _), request_id in zip(sent, request_ids, strict=True):
@@ -352,3 +365,40 @@ def test_a_render_worker_killed_mid_render_is_taken_over_after_its_lease(flow, t
         assert row == {"spins": "1000", "counted": "1000"}
         assert Counter(_materializations(instance)) == {snapshot_id: 1}
         assert store.get_request("r-slow")["state"] == READY
+
+
+def test_one_failed_snapshot_of_a_run_does_not_stop_the_others(flow):
+    aws, store, resources = flow["resources"]["aws"], flow["store"], flow["resources"]
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    window = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+    write_windows(resources["warehouse"], window, {1: ("10.00", "0", 1), 2: ("20.00", "0", 1)})
+    _send(aws, flow["queue_url"], request_body("broken_sales", {}, "r-broken"))
+    for store_id in (1, 2):
+        _send(
+            aws,
+            flow["queue_url"],
+            request_body("store_sales_windows", {"day": day, "store_id": store_id}, f"r-{store_id}"),
+        )
+    with dg.instance_for_test() as instance:
+        [run] = _drain(flow, instance)  # three snapshots, one run
+        batch = snapshots_of(run)
+        broken = store.get_request("r-broken")["snapshot_id"]
+        assert len(batch) == 3 and broken in batch
+        result = execute(flow["defs"], instance, run, resources)
+        assert not result.success  # the run says a snapshot failed...
+        failure = result.failure_data_for_node("reports__report_snapshot")
+        assert failure is not None and "1 of 3 snapshots failed" in failure.error.message
+        assert broken in failure.error.message and "no_such_table" in failure.error.message
+        # ...and the other two were rendered and materialized all the same.
+        assert sorted(_materializations(instance)) == sorted(set(batch) - {broken})
+        for store_id in (1, 2):
+            request = store.get_request(f"r-{store_id}")
+            assert request["state"] == READY
+            [row] = _csv_rows(_snapshot_files(flow, request["snapshot_id"])["store_sales_windows.csv"])
+            assert row["net_sales"] == money(10 * store_id)
+        snap = store.get(broken)
+        assert snap.state == "REQUESTED" and snap.attempts == 1 and "no_such_table" in (snap.last_error or "")
+        # The sweep asks for the failed one alone once its backoff is over.
+        time.sleep(max(0.0, (snap.retry_at - datetime.now(UTC)).total_seconds()) + 0.05)
+        runs = apply(instance, _tick(flow, instance, "report_snapshot_sweep"))
+        assert [snapshots_of(r) for r in runs] == [[broken]]
