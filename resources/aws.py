@@ -18,6 +18,9 @@ _CLIENTS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
 
 
+MAX_POOL_CONNECTIONS = 50
+
+
 class AwsClients(dg.ConfigurableResource):
     """Makes boto3 clients. With `use_local_endpoint` they talk to the local moto server."""
 
@@ -47,6 +50,10 @@ class AwsClients(dg.ConfigurableResource):
             client = _CLIENTS.get(key)
             if client is None:
                 import boto3  # lazy: keeps boto3 out of the code location's import
+                from botocore.config import Config
 
-                client = _CLIENTS[key] = boto3.session.Session().client(service, **kwargs)
+                # One client serves every thread of a process (the snapshot API's 40); botocore's
+                # default pool of 10 connections made the others queue for one.
+                config = Config(max_pool_connections=MAX_POOL_CONNECTIONS)
+                client = _CLIENTS[key] = boto3.session.Session().client(service, config=config, **kwargs)
         return client

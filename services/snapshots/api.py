@@ -44,7 +44,8 @@ import logging
 import os
 import re
 import threading
-from datetime import date, datetime
+import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -67,7 +68,7 @@ from services.snapshots.catalog import (
 )
 from services.snapshots.ids import SNAPSHOT_ID_PATTERN, canonical_params, canonical_versions
 from services.snapshots.messages import MAX_BODY_BYTES, REQUEST_ID, new_request_id, request_body
-from services.snapshots.store import READY, SnapshotStore
+from services.snapshots.store import READY, SnapshotStore, request_view
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -394,6 +395,28 @@ def report_info(report: Report) -> dict[str, Any]:
     }
 
 
+class ReadsCache:
+    """What each report reads, as the sweep sensor published it, kept for `ttl` seconds: it
+    changes only when a code location with other report definitions is deployed, so for at most
+    `ttl` after a deploy the API answers as it would have before it."""
+
+    def __init__(self, store: SnapshotStore, ttl: float = 30.0) -> None:
+        self.store, self.ttl = store, ttl
+        self._held: dict[str, tuple[float, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, report_id: str) -> list[str] | None:
+        with self._lock:
+            held = self._held.get(report_id)
+        if held is not None and time.monotonic() < held[0]:
+            return held[1]
+        reads = self.store.report_reads(report_id)
+        if reads is not None:  # not yet published: asked again next time
+            with self._lock:
+                self._held[report_id] = (time.monotonic() + self.ttl, reads)
+        return reads
+
+
 # --- the app ---------------------------------------------------------------------------------
 def create_app(
     aws: AwsClients,
@@ -621,25 +644,38 @@ def create_app(
         send(request_body(report.id, body.params, request_id))
         return JSONResponse({"request_id": request_id, "state": "REQUESTED", "poll": poll}, status_code=202)
 
+    reads_of = ReadsCache(store)
+
     def reuse(report_id: str, typed: dict[str, Any], request_id: str) -> dict[str, Any] | None:
         """The request recorded against a READY snapshot of the data as it is now, or None (not
-        READY, or the sensor has not published what the report reads yet): then it is queued."""
+        READY, or the sensor has not published what the report reads yet): then it is queued.
+        Three DynamoDB calls and one event-log query: what the report reads is cached."""
         from assets.reports.versions import current_snapshot
 
         if instance is None:
             return None
         try:
-            reads = store.report_reads(report_id)
+            reads = reads_of(report_id)
             if reads is None:
                 return None
             snapshot, versions = current_snapshot(instance, report_id, typed, reads)
             held = store.get(snapshot)
             if held is None or held.state != READY:
                 return None
+            now = datetime.now(UTC)
             outcome = store.record_request(
-                request_id, snapshot, report_id, canonical_params(typed), canonical_versions(versions)
+                request_id,
+                snapshot,
+                report_id,
+                canonical_params(typed),
+                canonical_versions(versions),
+                now=now,
             )
-            return store.get_request(request_id) if outcome.state == READY else None
+            if outcome.state != READY or outcome.snapshot is None:
+                return None
+            if outcome.duplicate:  # recorded before (a retried POST): answered as it was recorded
+                return store.get_request(request_id)
+            return request_view(request_id, report_id, now, outcome.snapshot)
         except store.client.exceptions.ResourceNotFoundException:
             return None  # no table yet: nothing was ever rendered
         except aws_errors as exc:

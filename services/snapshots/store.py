@@ -250,6 +250,21 @@ class Snapshot:
         )
 
 
+def request_view(
+    request_id: str, report_id: str | None, received_at: datetime, snapshot: Snapshot | None
+) -> dict[str, Any]:
+    """A request as clients see it (JSON-ready): its own fields, then its snapshot's."""
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "report_id": report_id,
+        "received_at": _parse_ts(_ts(received_at)).isoformat().replace("+00:00", "Z"),  # type: ignore[union-attr]
+        "snapshot_id": snapshot.snapshot_id if snapshot is not None else None,
+    }
+    if snapshot is not None:
+        out.update({k: v for k, v in snapshot.to_dict().items() if k not in out})
+    return out
+
+
 @dataclass(frozen=True)
 class RequestOutcome:
     request_id: str
@@ -750,24 +765,21 @@ class SnapshotStore:
         if item is None:
             return None
         held = _decode(item)
-        out: dict[str, Any] = {
-            "request_id": held["request_id"],
-            "report_id": held.get("report_id"),
-            "received_at": _parse_ts(held["received_at"]).isoformat().replace("+00:00", "Z"),  # type: ignore[union-attr]
-            "snapshot_id": held.get("target_snapshot_id"),
-        }
         target = held.get("target_snapshot_id")
+        received_at = _parse_ts(held["received_at"])
+        assert received_at is not None
         if target is None:
+            out = request_view(held["request_id"], held.get("report_id"), received_at, None)
             out.update(state=held.get("state", FAILED), error=held.get("error"))
             return out
         snapshot = self.get(target)
         if snapshot is None:
             # Recorded but its snapshot not yet created (the writer died between the two writes;
             # the message is redelivered and creates it).
-            out.update(state=REQUESTED, params=json.loads(held["params"]))
+            out = request_view(held["request_id"], held.get("report_id"), received_at, None)
+            out.update(snapshot_id=target, state=REQUESTED, params=json.loads(held["params"]))
             return out
-        out.update({k: v for k, v in snapshot.to_dict().items() if k not in out})
-        return out
+        return request_view(held["request_id"], held.get("report_id"), received_at, snapshot)
 
     def due(self, now: datetime | None = None) -> list[Snapshot]:
         """Snapshots that need a (new) run now, the longest-waiting first: REQUESTED past their

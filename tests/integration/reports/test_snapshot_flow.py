@@ -228,6 +228,12 @@ def test_200_concurrent_requests_for_50_snapshots_render_50_then_reuse_and_reren
         assert answer.json()["state"] == READY and answer.json()["snapshot_id"] == snapshots[7]
         assert answer.json()["files"]["png"].endswith("/store_sales_windows.png")
         assert store.get_request("api-7")["state"] == READY
+        # The answer (built from the write, not read back) is what a poll of the request reads.
+        polled = api.get("/v1/requests/api-7", headers=auth).json()
+        assert {k: v for k, v in answer.json().items() if k != "poll"} == {
+            k: v for k, v in polled.items() if k in answer.json()
+        }
+        assert set(answer.json()) - {"poll"} <= set(polled)
         assert _drain(flow, instance) == []  # nothing was queued for it
 
         # New data upstream (a late refund re-aggregates the window; store_sales_30min materialized
