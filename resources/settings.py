@@ -320,6 +320,20 @@ def snapshot_max_attempts() -> int:
     return int(_positive_number("PLATFORM_SNAPSHOT_MAX_ATTEMPTS", 3))
 
 
+def snapshot_listen_seconds() -> float:
+    """How long a report_requests tick keeps long-polling the request queue (0: one receive per
+    tick). Under the sensor daemon's 5 s loop, so ticks follow each other with little gap, and a
+    request for a READY snapshot is answered as it arrives instead of at the next tick."""
+    raw = os.environ.get("PLATFORM_SNAPSHOT_LISTEN_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else 4.6
+    except ValueError:
+        raise ValueError(f"PLATFORM_SNAPSHOT_LISTEN_SECONDS must be a number, got {raw!r}") from None
+    if not 0 <= value < 60:
+        raise ValueError(f"PLATFORM_SNAPSHOT_LISTEN_SECONDS must be from 0 to under 60, got {raw!r}")
+    return value
+
+
 def snapshot_batch_size() -> int:
     """Snapshots one render run takes at most: a burst of requests becomes a few runs, each paying
     the run process's start once and rendering its snapshots one after another."""

@@ -97,10 +97,14 @@ def build_request_sensor(
         parse=_body_text,
         handle=handle,
         asset_selection=dg.AssetSelection.assets(SNAPSHOT),
-        minimum_interval_seconds=5,
+        # Each tick listens on the queue for most of the daemon's 5 s loop (reuse is answered as a
+        # request arrives), so the next tick may start as soon as the daemon's loop comes round.
+        minimum_interval_seconds=1,
+        listen_seconds=settings.snapshot_listen_seconds,
         description=(
             "Reads report snapshot requests from SQS (PLATFORM_SNAPSHOT_QUEUE), records each in"
-            " DynamoDB and adds a partition and a run for each new snapshot; READY ones are reused."
+            " DynamoDB and adds a partition and a run for each new snapshot; READY ones are"
+            " reused at once (each tick long-polls the queue for PLATFORM_SNAPSHOT_LISTEN_SECONDS)."
         ),
     )
 

@@ -86,6 +86,7 @@ def flow(tmp_path: Path, local_aws: AwsClients, monkeypatch: pytest.MonkeyPatch)
         "PLATFORM_SNAPSHOT_MAX_ATTEMPTS": "3",
         "PLATFORM_SNAPSHOT_BACKOFF_SECONDS": "0.2",
         "PLATFORM_SNAPSHOT_BATCH_SIZE": "8",
+        "PLATFORM_SNAPSHOT_LISTEN_SECONDS": "0",  # one receive per tick (listening: its own test)
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -408,3 +409,54 @@ def test_one_failed_snapshot_of_a_run_does_not_stop_the_others(flow):
         time.sleep(max(0.0, (snap.retry_at - datetime.now(UTC)).total_seconds()) + 0.05)
         runs = apply(instance, _tick(flow, instance, "report_snapshot_sweep"))
         assert [snapshots_of(r) for r in runs] == [[broken]]
+
+
+def test_a_listening_tick_answers_reuse_as_requests_arrive_and_ends_soon_after_new_work(flow, monkeypatch):
+    aws, store, resources = flow["resources"]["aws"], flow["store"], flow["resources"]
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    window = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+    write_windows(resources["warehouse"], window, {1: ("10.00", "0", 1), 2: ("20.00", "0", 1)})
+    _send(aws, flow["queue_url"], request_body("store_sales_windows", {"day": day, "store_id": 1}, "first"))
+    with dg.instance_for_test() as instance:
+        [run] = _drain(flow, instance)
+        assert execute(flow["defs"], instance, run, resources).success
+        monkeypatch.setenv("PLATFORM_SNAPSHOT_LISTEN_SECONDS", "20")
+        answered: dict[str, float] = {}
+
+        def send_later() -> None:
+            """During the tick: a request for the READY snapshot, then one for a new snapshot."""
+            time.sleep(1.0)
+            _send(
+                aws,
+                flow["queue_url"],
+                request_body("store_sales_windows", {"day": day, "store_id": 1}, "again"),
+            )
+            sent = time.monotonic()
+            wait_for(
+                lambda: (store.get_request("again") or {}).get("state") == READY, timeout=10, what="reuse"
+            )
+            answered["again"] = time.monotonic() - sent
+            _send(
+                aws,
+                flow["queue_url"],
+                request_body("store_sales_windows", {"day": day, "store_id": 2}, "new"),
+            )
+
+        with ThreadPoolExecutor(1) as pool:
+            later = pool.submit(send_later)
+            started = time.monotonic()
+            result = _tick(flow, instance, "report_requests")
+            ended = time.monotonic()
+            later.result()
+        # The reuse was answered while the tick listened, before it returned...
+        assert store.get_request("again")["snapshot_id"] == store.get_request("first")["snapshot_id"]
+        assert answered["again"] < ended
+        # ...and the new snapshot, which needs a run, ended the tick long before its 20 s were up.
+        runs = apply(instance, result)
+        assert [snapshots_of(r) for r in runs] == [[store.get_request("new")["snapshot_id"]]]
+        assert ended - started < 20
+        # An empty queue: the tick listens for its whole window, then skips.
+        monkeypatch.setenv("PLATFORM_SNAPSHOT_LISTEN_SECONDS", "2")
+        started = time.monotonic()
+        assert isinstance(_tick(flow, instance, "report_requests"), dg.SkipReason)
+        assert time.monotonic() - started >= 2
