@@ -117,6 +117,21 @@ def drop_dagster_db(name: str) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
+def _init_pools(home: Path) -> None:
+    """Give the platform's pools their limit rows now: Dagster makes a pool's row (from
+    concurrency.pools.default_limit) only on the run queue's first pass that sees a run of it, and
+    that pass does not enforce the limit yet, so a first burst of renders would all start at once."""
+    from dagster import DagsterInstance
+
+    from assets.reports.partitions import POOL
+
+    os.environ.update(dagster_pg_env())  # what dagster.yaml reads
+    with DagsterInstance.from_config(str(home)) as instance:
+        if instance.event_log_storage.initialize_concurrency_limit_to_default(POOL):
+            limit = instance.event_log_storage.get_concurrency_info(POOL).slot_count
+            print(f"stack: pool {POOL} limited to {limit} runs at once", flush=True)
+
+
 def _local_pii_key(var: Path) -> str:
     """The local stack's PII key, made once and kept in var/secrets (mode 0600)."""
     from resources.secrets import ensure_local_pii_key
@@ -198,6 +213,7 @@ def up(
             )
         )
         wait_for_http(f"http://127.0.0.1:{ui_port}/server_info", timeout=180, proc=procs[-1][1])
+        _init_pools(home)
         procs.append(
             ("demo-feed", _service("demo-feed", ["demo-feed", "--interval", str(demo_interval)], env, var))
         )

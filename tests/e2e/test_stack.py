@@ -162,6 +162,10 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
             monkeypatch.setenv(name, value)
         instance = dg.DagsterInstance.from_config(str(var / "dagster_home"))
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        # The render pool's limit row exists from the start, as dagster.yaml's default_limit sets it.
+        from assets.reports.partitions import POOL
+
+        assert instance.event_log_storage.get_concurrency_info(POOL).slot_count == 2
         key = dg.AssetKey(["lake_ops", "landing_arrivals"])
         event = _wait(
             lambda: instance.get_latest_materialization_event(key), 240, "a sensor-run materialization", proc
