@@ -73,6 +73,20 @@ LINGER_SECONDS = 0.5
 SHORT_POLL_SECONDS = 0.1
 
 
+def tick_started_at(context: dg.SensorEvaluationContext) -> float:
+    """When the daemon started this tick (its tick record: the time its loop came round), else
+    now. A listening tick's window is counted from there, so that it ends before the daemon's next
+    loop however long the code server took to start evaluating it; a tick still running then is
+    skipped by that loop, and the next one starts only at the loop after (a 5 s gap)."""
+    key = context.log_key or []
+    if len(key) == 3 and key[2].isdigit():
+        try:
+            return context.instance.schedule_storage.get_tick(int(key[2])).timestamp  # type: ignore[union-attr]
+        except Exception:  # a timing hint only: without the tick record, the window starts now
+            pass
+    return time.time()
+
+
 def sqs_sensor(
     name: str,
     *,
@@ -107,9 +121,8 @@ def sqs_sensor(
     )
     def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult | dg.SkipReason:
         # Dagster passes the required resources as keyword arguments; they are read from the context.
-        started = time.monotonic()
         listen = listen_seconds() if callable(listen_seconds) else listen_seconds
-        deadline = started + max(0.0, listen)
+        deadline = time.monotonic() + max(0.0, listen - (time.time() - tick_started_at(context)))
         sqs = context.resources.aws.client("sqs")
         queue = queue_name()
         queue_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
@@ -165,6 +178,8 @@ def sqs_sensor(
         first = receive(0)
         if first:
             settle(first)
+            if handled.asks:
+                deadline = min(deadline, time.monotonic() + LINGER_SECONDS)
         while counts["received"] < max_messages:
             left = deadline - time.monotonic()
             if left <= 0:
