@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -750,6 +751,18 @@ def report(bench: Bench, rounds: list[Round]) -> None:
             )
         made = sum(r.runs_created for r in reuse + by_kind["http"] + by_kind["http1"])
         print(f"runs created by reuse rounds: {made} ({'none, as expected' if not made else 'UNEXPECTED'})")
+    ids = bench.sensor_ids["report_requests"]
+    ticks = [t for t in bench.instance.get_ticks(*ids, limit=5000) if t.end_timestamp]
+    ticks.sort(key=lambda t: t.timestamp)
+    if len(ticks) > 1:
+        spans = [t.end_timestamp - t.timestamp for t in ticks]  # type: ignore[operator]
+        gaps = [b.timestamp - a.end_timestamp for a, b in itertools.pairwise(ticks)]  # type: ignore[operator]
+        print(
+            f"report_requests ticks: {len(ticks)}, each {pct(spans, 50):.2f} s p50 ({max(spans):.2f} s max);"
+            f" from one tick's end to the next one's start {pct(gaps, 50):.2f} s p50,"
+            f" {pct(gaps, 95):.2f} s p95, {max(gaps):.2f} s max (a request landing then waits for the"
+            " next tick)"
+        )
     sweeps = [v for r in rounds for v in r.poll_sweep]
     if sweeps:
         print(
