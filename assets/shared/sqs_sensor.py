@@ -73,18 +73,40 @@ LINGER_SECONDS = 0.5
 SHORT_POLL_SECONDS = 0.1
 
 
-def tick_started_at(context: dg.SensorEvaluationContext) -> float:
-    """When the daemon started this tick (its tick record: the time its loop came round), else
-    now. A listening tick's window is counted from there, so that it ends before the daemon's next
-    loop however long the code server took to start evaluating it; a tick still running then is
-    skipped by that loop, and the next one starts only at the loop after (a 5 s gap)."""
+# The sensor daemon's loop comes round every 5 s (dagster/_daemon/sensor.py, MIN_INTERVAL_LOOP_TIME).
+DAEMON_LOOP_SECONDS = 5.0
+MAX_LATE_SECONDS = 2.0  # a larger estimate is taken for a phase change (a daemon restart): 0
+
+
+def loop_started_at(context: dg.SensorEvaluationContext) -> float:
+    """When the daemon's loop came round for this tick (wall clock), else now (under test).
+
+    The tick record's timestamp is when the daemon made the tick, some time after its loop came
+    round (more on a busy machine). The loop comes round every 5 s, so the recent ticks' records
+    fall at the same phase plus their own delays; the earliest among them marks the loop. A
+    listening tick counts its window from there, so that it ends before the loop comes round
+    again: a tick still running then is passed over, and the next starts only 5 s later."""
     key = context.log_key or []
-    if len(key) == 3 and key[2].isdigit():
-        try:
-            return context.instance.schedule_storage.get_tick(int(key[2])).timestamp  # type: ignore[union-attr]
-        except Exception:  # a timing hint only: without the tick record, the window starts now
-            pass
-    return time.time()
+    if not (len(key) == 3 and key[2].isdigit()):
+        return time.time()
+    try:
+        storage = context.instance.schedule_storage
+        assert storage is not None
+        tick = storage.get_tick(int(key[2]))
+        recent = storage.get_ticks(
+            tick.tick_data.instigator_origin_id,
+            tick.tick_data.selector_id or "",
+            after=tick.timestamp - 60,
+            limit=12,
+        )
+    except Exception:  # a timing hint only: without the tick records, the window starts now
+        return time.time()
+    late = 0.0
+    for other in recent:
+        behind = (tick.timestamp - other.timestamp) % DAEMON_LOOP_SECONDS  # this tick's delay less other's
+        if behind < DAEMON_LOOP_SECONDS / 2:
+            late = max(late, behind)
+    return tick.timestamp - (late if late <= MAX_LATE_SECONDS else 0.0)
 
 
 def sqs_sensor(
@@ -122,7 +144,7 @@ def sqs_sensor(
     def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult | dg.SkipReason:
         # Dagster passes the required resources as keyword arguments; they are read from the context.
         listen = listen_seconds() if callable(listen_seconds) else listen_seconds
-        deadline = time.monotonic() + max(0.0, listen - (time.time() - tick_started_at(context)))
+        deadline = time.monotonic() + max(0.0, listen - (time.time() - loop_started_at(context)))
         sqs = context.resources.aws.client("sqs")
         queue = queue_name()
         queue_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]

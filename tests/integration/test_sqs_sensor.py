@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 from dagster._core.scheduler.instigation import InstigatorType, TickData, TickStatus
 
-from assets.shared.sqs_sensor import Handled, Received, sqs_sensor, tick_started_at
+from assets.shared.sqs_sensor import Handled, Received, loop_started_at, sqs_sensor
 from resources.aws import AwsClients
 from services.aws_bootstrap import ensure_queue
 
@@ -46,17 +46,26 @@ def _context(
     )
 
 
-def test_tick_started_at_is_the_daemon_tick_record_or_now():
+def test_the_loop_started_at_the_tick_record_less_its_delay_behind_recent_ticks():
     with dg.instance_for_test() as instance:
-        started = time.time() - 3.25
-        tick_id = _tick_record(instance, started)
-        with _context(instance, AwsClients(), ["repo", "listening", str(tick_id)]) as context:
-            assert tick_started_at(context) == started
+        now = time.time()
+        # Earlier ticks of the same sensor, made 0.10 s and 0.30 s after their loops came round (the
+        # loop every 5 s), and this tick made 0.85 s after its loop: 0.75 s later than the earliest.
+        _tick_record(instance, now - 10.0 + 0.10)
+        _tick_record(instance, now - 5.0 + 0.30)
+        current = _tick_record(instance, now + 0.85)
+        with _context(instance, AwsClients(), ["repo", "listening", str(current)]) as context:
+            assert abs(loop_started_at(context) - (now + 0.10)) < 1e-6
+
+    with dg.instance_for_test() as instance:
+        alone = _tick_record(instance, now - 3.25)  # no earlier tick: the record itself
+        with _context(instance, AwsClients(), ["repo", "listening", str(alone)]) as context:
+            assert loop_started_at(context) == now - 3.25
         before = time.time()
         with _context(instance, AwsClients(), None) as context:  # under test: no tick record
-            assert before <= tick_started_at(context) <= time.time()
+            assert before <= loop_started_at(context) <= time.time()
         with _context(instance, AwsClients(), ["repo", "listening", "999999"]) as context:  # no such tick
-            assert before <= tick_started_at(context) <= time.time()
+            assert before <= loop_started_at(context) <= time.time()
 
 
 def test_a_listening_tick_handles_each_batch_as_it_arrives_within_the_daemon_tick_window(local_aws):
