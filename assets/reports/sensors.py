@@ -38,6 +38,12 @@ def _body_text(body: str) -> str:
     return body  # every body reaches the handler: a request it cannot use is answered, not left
 
 
+def plan_request_runs(planned: Sequence[Planned]) -> list[dg.RunRequest]:
+    """The new snapshots of a tick (each once, though several batches may have asked) in runs."""
+    unique = {p.snapshot_id: p for p in reversed(planned)}  # the first asked wins
+    return render_runs(list(unique.values()), settings.snapshot_batch_size(), "request")
+
+
 def build_request_sensor(
     reports: Mapping[str, Report], reads: Mapping[str, Sequence[str]]
 ) -> dg.SensorDefinition:
@@ -85,9 +91,7 @@ def build_request_sensor(
                 asked[target] = Planned(target, report.id, f"{target}:{attempts}")
         if asked:
             handled.dynamic_partitions_requests.append(SNAPSHOTS.build_add_request(sorted(asked)))
-            handled.run_requests.extend(
-                render_runs(list(asked.values()), settings.snapshot_batch_size(), "request")
-            )
+            handled.to_plan.extend(asked.values())  # runs planned once the tick's batches are in
         handled.notes.append(", ".join(f"{v} {k}" for k, v in counts.items()))
         return handled
 
@@ -101,6 +105,7 @@ def build_request_sensor(
         # request arrives), so the next tick may start as soon as the daemon's loop comes round.
         minimum_interval_seconds=1,
         listen_seconds=settings.snapshot_listen_seconds,
+        plan_runs=plan_request_runs,
         description=(
             "Reads report snapshot requests from SQS (PLATFORM_SNAPSHOT_QUEUE), records each in"
             " DynamoDB and adds a partition and a run for each new snapshot; READY ones are"

@@ -52,6 +52,9 @@ class Handled:
     dynamic_partitions_requests: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # shown as the tick's skip reason when nothing runs
     asset_events: list[Any] = field(default_factory=list)  # e.g. materializations of external assets
+    # Work for runs that the sensor's `plan_runs` turns into run requests once the tick's last batch
+    # is handled, so that a burst received in several batches is planned as one.
+    to_plan: list[Any] = field(default_factory=list)
 
     def merge(self, other: Handled) -> None:
         self.run_requests.extend(other.run_requests)
@@ -59,10 +62,13 @@ class Handled:
         self.dynamic_partitions_requests.extend(other.dynamic_partitions_requests)
         self.notes.extend(other.notes)
         self.asset_events.extend(other.asset_events)
+        self.to_plan.extend(other.to_plan)
 
     @property
     def asks(self) -> bool:
-        return bool(self.run_requests or self.dynamic_partitions_requests or self.asset_events)
+        return bool(
+            self.run_requests or self.dynamic_partitions_requests or self.asset_events or self.to_plan
+        )
 
 
 Handler = Callable[[dg.SensorEvaluationContext, Sequence[Received[Any]]], Handled]
@@ -121,16 +127,19 @@ def sqs_sensor(
     visibility_timeout: int = 60,
     minimum_interval_seconds: int = 10,
     listen_seconds: float | Callable[[], float] = 0.0,
+    plan_runs: Callable[[Sequence[Any]], list[dg.RunRequest]] | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     description: str | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that receives up to `max_messages` a tick from the queue `queue_name()` names.
 
-    `parse(body)` returns the message's content or raises MalformedMessage (or
-    ValueError); `handle(context, received)` returns a Handled, and is called once per batch
-    received. The queue name and `listen_seconds` (a number or a function of none) are resolved
-    at tick time, never when the code location loads. Keep `listen_seconds` under the sensor
-    daemon's 5 s loop, so the next tick starts as soon as this one ends.
+    `parse(body)` returns the message's content or raises MalformedMessage (or ValueError);
+    `handle(context, received)` returns a Handled, and is called once per batch received; what
+    the Handleds leave `to_plan` over the tick goes to `plan_runs` once, at the end. The queue
+    name and `listen_seconds` (a number or a function of none) are resolved at tick time, never
+    when the code location loads. `listen_seconds` counts from when the daemon's loop came round
+    for the tick; keep it under the loop's 5 s, so that the next tick starts as soon as this one
+    ends.
     """
 
     @dg.sensor(
@@ -227,6 +236,10 @@ def sqs_sensor(
             return dg.SkipReason(
                 f"{counts['received']} messages, {counts['deleted']} deleted{malformed}: {reason}"
             )
+        if handled.to_plan:
+            if plan_runs is None:
+                raise TypeError(f"{name}: the handler left work to plan, but the sensor has no plan_runs")
+            handled.run_requests.extend(plan_runs(handled.to_plan))
         return dg.SensorResult(
             run_requests=handled.run_requests,
             dynamic_partitions_requests=handled.dynamic_partitions_requests,

@@ -108,3 +108,34 @@ def test_a_listening_tick_handles_each_batch_as_it_arrives_within_the_daemon_tic
             QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
         )
         assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+def test_work_left_to_plan_by_several_batches_of_a_tick_is_planned_once(local_aws):
+    queue = f"plan-{uuid.uuid4().hex[:8]}"
+    url = ensure_queue(local_aws, queue)
+    sqs = local_aws.client("sqs")
+    batches: list[list[str]] = []
+    planned: list[list[str]] = []
+
+    def handle(context: dg.SensorEvaluationContext, received: Sequence[Received[str]]) -> Handled:
+        batches.append([r.body for r in received])
+        if len(batches) == 1:  # more of the burst lands while the first batch is handled
+            sqs.send_message(QueueUrl=url, MessageBody="b")
+        return Handled(done={r.message_id for r in received}, to_plan=[r.body for r in received])
+
+    def plan(items: Sequence[str]) -> list[dg.RunRequest]:
+        planned.append(list(items))
+        return [dg.RunRequest(run_key="+".join(items))]
+
+    sensor = sqs_sensor(
+        "planning", queue_name=lambda: queue, parse=str, handle=handle, listen_seconds=10.0, plan_runs=plan
+    )
+    sqs.send_message(QueueUrl=url, MessageBody="a")
+    with dg.instance_for_test() as instance, _context(instance, local_aws, None) as context:
+        started = time.monotonic()
+        result = sensor(context)
+        took = time.monotonic() - started
+    assert batches == [["a"], ["b"]]
+    assert planned == [["a", "b"]]  # once, at the end of the tick
+    assert isinstance(result, dg.SensorResult) and [r.run_key for r in result.run_requests or []] == ["a+b"]
+    assert took < 10.0  # work to plan ended the tick before its window
