@@ -755,14 +755,24 @@ def report(bench: Bench, rounds: list[Round]) -> None:
     ticks = [t for t in bench.instance.get_ticks(*ids, limit=5000) if t.end_timestamp]
     ticks.sort(key=lambda t: t.timestamp)
     if len(ticks) > 1:
+        from dagster._core.scheduler.instigation import TickStatus
+
         spans = [t.end_timestamp - t.timestamp for t in ticks]  # type: ignore[operator]
-        gaps = [b.timestamp - a.end_timestamp for a, b in itertools.pairwise(ticks)]  # type: ignore[operator]
         print(
-            f"report_requests ticks: {len(ticks)}, each {pct(spans, 50):.2f} s p50 ({max(spans):.2f} s max);"
-            f" from one tick's end to the next one's start {pct(gaps, 50):.2f} s p50,"
-            f" {pct(gaps, 95):.2f} s p95, {max(gaps):.2f} s max (a request landing then waits for the"
-            " next tick)"
+            f"report_requests ticks: {len(ticks)}, each {pct(spans, 50):.2f} s p50 ({max(spans):.2f} s max)"
         )
+        for label, asked in (("listened its whole window", False), ("asked for runs (ended early)", True)):
+            gaps = [
+                b.timestamp - a.end_timestamp  # type: ignore[operator]
+                for a, b in itertools.pairwise(ticks)
+                if (a.status == TickStatus.SUCCESS) == asked
+            ]
+            if gaps:
+                print(
+                    f"  after a tick that {label}: the next started {pct(gaps, 50):.2f} s p50,"
+                    f" {pct(gaps, 95):.2f} s p95, {max(gaps):.2f} s max later ({len(gaps)} gaps; a request"
+                    " landing meanwhile waits for it)"
+                )
     sweeps = [v for r in rounds for v in r.poll_sweep]
     if sweeps:
         print(
