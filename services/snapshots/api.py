@@ -773,6 +773,9 @@ def create_app_from_env() -> FastAPI:
         from dagster import DagsterInstance
 
         instance = DagsterInstance.get()
+        # As dagster-webserver does: keep a connection to the instance's storage open (instead of one
+        # per query) and bound each query, since every POST for a READY snapshot reads it.
+        instance.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=16)
     else:
         log.warning("snapshot-api: DAGSTER_HOME is not set: every request is queued (no answer at once)")
     return create_app(build_resources()["aws"], token, instance=instance)
