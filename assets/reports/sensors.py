@@ -74,7 +74,7 @@ def build_request_sensor(
             versions = versions_of[report.id]
             outcome = store.record_request(
                 request.request_id,
-                snapshot_id(report.id, params, versions),  # as current_snapshot() computes it
+                snapshot_id(report.id, params, versions, report.fingerprint),  # as current_snapshot()
                 report.id,
                 canonical_params(params),
                 canonical_versions(versions),

@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from services.snapshots.catalog import Report
 from services.snapshots.ids import snapshot_id
 
 NEVER = "never-materialized"
@@ -28,9 +29,9 @@ def upstream_versions(instance: dg.DagsterInstance, keys: Iterable[str]) -> dict
 
 
 def current_snapshot(
-    instance: dg.DagsterInstance, report_id: str, params: Mapping[str, Any], reads: Iterable[str]
+    instance: dg.DagsterInstance, report: Report, params: Mapping[str, Any], reads: Iterable[str]
 ) -> tuple[str, dict[str, str]]:
-    """The snapshot id a request for report_id with (typed) params names now, and the versions it
+    """The snapshot id a request for report with (typed) params names now, and the versions it
     was computed from: the one computation the sensor and the HTTP API's reuse path share."""
     versions = upstream_versions(instance, reads)
-    return snapshot_id(report_id, params, versions), versions
+    return snapshot_id(report.id, params, versions, report.fingerprint), versions

@@ -635,7 +635,7 @@ def create_app(
                 {"request_id": request_id, "state": existing["state"], "poll": poll}, status_code=202
             )
         if instance is not None:
-            found = reuse(report.id, typed, request_id)
+            found = reuse(report, typed, request_id)
             if found is not None:
                 answer = Reused(
                     request_id=request_id, poll=poll, **{k: v for k, v in found.items() if k != "request_id"}
@@ -646,7 +646,7 @@ def create_app(
 
     reads_of = ReadsCache(store)
 
-    def reuse(report_id: str, typed: dict[str, Any], request_id: str) -> dict[str, Any] | None:
+    def reuse(report: Report, typed: dict[str, Any], request_id: str) -> dict[str, Any] | None:
         """The request recorded against a READY snapshot of the data as it is now, or None (not
         READY, or the sensor has not published what the report reads yet): then it is queued.
         Three DynamoDB calls and one event-log query: what the report reads is cached."""
@@ -655,10 +655,11 @@ def create_app(
         if instance is None:
             return None
         try:
+            report_id = report.id
             reads = reads_of(report_id)
             if reads is None:
                 return None
-            snapshot, versions = current_snapshot(instance, report_id, typed, reads)
+            snapshot, versions = current_snapshot(instance, report, typed, reads)
             held = store.get(snapshot)
             if held is None or held.state != READY:
                 return None

@@ -21,6 +21,8 @@ segment (`cdc/*/*/current`) where a domain's catalog decides its assets (resolve
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -197,6 +199,13 @@ class Report(BaseModel):
     def source(self) -> Path | None:
         """The file the report was loaded from."""
         return self._source
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the whole definition (key order and YAML layout aside): part of every
+        snapshot id, so a changed report is rendered again rather than answered from before."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @field_validator("id")
     @classmethod

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 # Bumped if the canonical form or the hashing changes, so old and new ids can never collide.
-ID_SCHEME = "v1"
+ID_SCHEME = "v2"  # v2: the report's definition digest is part of the id
 HASH_CHARS = 20  # 80 bits: collisions are out of reach for any number of snapshots we will hold
 REPORT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SNAPSHOT_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}-[0-9a-f]{{{HASH_CHARS}}}")
@@ -115,13 +115,17 @@ def validate_report_id(report_id: str) -> str:
     return report_id
 
 
-def snapshot_id(report_id: str, params: Mapping[str, Any], versions: Mapping[str, str]) -> str:
+def snapshot_id(
+    report_id: str, params: Mapping[str, Any], versions: Mapping[str, str], definition: str = ""
+) -> str:
     """The snapshot id of a report rendered with params over data at versions:
-    ``<report_id>-<20 hex chars>``; parameter and version order do not matter."""
+    ``<report_id>-<20 hex chars>``; parameter and version order do not matter. `definition` is the
+    report definition's digest (catalog.Report.fingerprint): an edited report (its SQL, chart,
+    parameters or formats) names new snapshots, so it is rendered again over unchanged data."""
     validate_report_id(report_id)
-    # JSON of the three parts: no separator inside one part can be confused with another part.
+    # JSON of the parts: no separator inside one part can be confused with another part.
     material = json.dumps(
-        [ID_SCHEME, report_id, canonical_params(params), data_version_token(versions)],
+        [ID_SCHEME, report_id, definition, canonical_params(params), data_version_token(versions)],
         separators=(",", ":"),
     )
     return f"{report_id}-{_sha256(material)[:HASH_CHARS]}"

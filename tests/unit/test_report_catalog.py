@@ -107,6 +107,29 @@ def test_get_report_names_the_known_ones(tmp_path: Path) -> None:
         get_report("nope", tmp_path / "r")
 
 
+def test_the_fingerprint_follows_the_definition_not_its_layout(tmp_path: Path) -> None:
+    base = load_reports(write(tmp_path / "a", "sample", GOOD.replace("__ID__", "sample")).parent)["sample"]
+    # The same definition written differently: keys reordered, flow style turned to block style.
+    relaid = GOOD.replace("__ID__", "sample").replace(
+        "chart: {mark: bar, encoding: {x: {field: day, type: temporal}}}",
+        "chart:\n  encoding:\n    x: {type: temporal, field: day}\n  mark: bar",
+    )
+    assert (
+        load_reports(write(tmp_path / "b", "sample", relaid).parent)["sample"].fingerprint == base.fingerprint
+    )
+    edits = {
+        "sql": GOOD.replace("AS lim,", "AS row_limit,"),
+        "chart": GOOD.replace("mark: bar", "mark: line"),
+        "parameter": GOOD.replace("default: 10", "default: 20"),
+        "formats": GOOD + "formats: [png]\n",
+    }
+    for name, text in edits.items():
+        edited = load_reports(write(tmp_path / name, "sample", text.replace("__ID__", "sample")).parent)[
+            "sample"
+        ]
+        assert edited.fingerprint != base.fingerprint, name
+
+
 # --- validation of definitions ---------------------------------------------------------------
 BROKEN = {
     "unknown_field": (GOOD + "colour: red\n", "field colour: Extra inputs are not permitted"),

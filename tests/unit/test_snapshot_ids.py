@@ -85,6 +85,13 @@ def test_the_report_changes_the_id() -> None:
     )
 
 
+def test_the_report_definition_changes_the_id() -> None:
+    base = snapshot_id("r", PARAMS, VERSIONS, "0123456789abcdef")
+    assert snapshot_id("r", PARAMS, VERSIONS, "0123456789abcdef") == base
+    assert snapshot_id("r", PARAMS, VERSIONS, "fedcba9876543210") != base
+    assert snapshot_id("r", PARAMS, VERSIONS) != base
+
+
 def test_parts_cannot_bleed_into_each_other() -> None:
     # The same characters split differently between report, parameters and versions are different.
     assert snapshot_id("ab", {"c": 1}, {}).split("-")[-1] != snapshot_id("a", {"bc": 1}, {}).split("-")[-1]

@@ -57,9 +57,10 @@ def drain(aws: AwsClients, queue_url: str) -> list[dict[str, Any]]:
 
 def record(store: SnapshotStore, request_id: str, report_id: str, raw: dict[str, Any]) -> str:
     """Record the request as the sensor does (typed, canonical parameters); its snapshot id."""
-    typed = validate_params(get_report(report_id), raw)
+    report = get_report(report_id)
+    typed = validate_params(report, raw)
     versions = {"some/upstream": f"v-{uuid.uuid4().hex[:8]}"}
-    sid = snapshot_id(report_id, typed, versions)
+    sid = snapshot_id(report_id, typed, versions, report.fingerprint)
     store.record_request(request_id, sid, report_id, canonical_params(typed), canonical_versions(versions))
     return sid
 

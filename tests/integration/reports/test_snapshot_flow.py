@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -460,3 +461,34 @@ def test_a_listening_tick_answers_reuse_as_requests_arrive_and_ends_soon_after_n
         started = time.monotonic()
         assert isinstance(_tick(flow, instance, "report_requests"), dg.SkipReason)
         assert time.monotonic() - started >= 2
+
+
+def test_an_edited_report_is_rendered_again_over_unchanged_data(flow, tmp_path):
+    aws, store, resources = flow["resources"]["aws"], flow["store"], flow["resources"]
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    window = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+    write_windows(resources["warehouse"], window, {3: ("30.00", "0", 1)})
+    params = {"day": day, "store_id": 3}
+    _send(aws, flow["queue_url"], request_body("store_sales_windows", params, "before-edit"))
+    with dg.instance_for_test() as instance:
+        [run] = _drain(flow, instance)
+        assert execute(flow["defs"], instance, run, resources).success
+        before = store.get_request("before-edit")["snapshot_id"]
+        _send(aws, flow["queue_url"], request_body("store_sales_windows", params, "unchanged"))
+        assert _drain(flow, instance) == []  # the same definition: reused
+        assert store.get_request("unchanged")["snapshot_id"] == before
+
+        # The report's chart is edited (the code location reloads its catalog): same data, same
+        # parameters, but a new snapshot is rendered, and the old one stays READY as it was.
+        path = Path(os.environ["PLATFORM_REPORTS_DIR"]) / "store_sales_windows.yaml"
+        path.write_text(
+            path.read_text().replace("title: Store sales per 30-minute window", "title: Net sales")
+        )
+        flow["defs"] = report_defs()
+        _send(aws, flow["queue_url"], request_body("store_sales_windows", params, "after-edit"))
+        [rerun] = _drain(flow, instance)
+        assert execute(flow["defs"], instance, rerun, resources).success
+        after = store.get_request("after-edit")
+        assert after["state"] == READY and after["snapshot_id"] != before
+        assert store.get(before).state == READY
+        assert Counter(_materializations(instance)) == {before: 1, after["snapshot_id"]: 1}
