@@ -232,6 +232,9 @@ class Bench:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
+            # This checkout's code in every child (daemon, code server, runs, API server), also when
+            # it is a worktree beside the checkout the venv's editable install points at.
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         }
         for name in ("PLATFORM_LAKE_DIR", "PLATFORM_WAREHOUSE_PATH", "AWS_PROFILE", "AWS_REGION"):
             os.environ.pop(name, None)  # else they would point the throwaway platform elsewhere
