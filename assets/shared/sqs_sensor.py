@@ -12,9 +12,9 @@ queue's redrive policy moves it to the dead-letter queue.
 With `listen_seconds`, a tick does not end when the queue is empty: it keeps
 long-polling for that long and hands each batch to the handler as it arrives,
 so work the handler finishes itself (a reused report snapshot) is answered in
-well under a second instead of at the next tick, 5 s later. A batch that asks
-for runs ends the tick soon after (LINGER_SECONDS, to gather a burst into the
-same tick), since runs are only created once the tick returns.
+well under a second instead of at the next tick, 5 s later. Once a batch asks
+for runs, the tick ends when no batch has come for LINGER_SECONDS (a burst still
+arriving stays in the same tick), since runs are only created once it returns.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class Handled:
 
 
 Handler = Callable[[dg.SensorEvaluationContext, Sequence[Received[Any]]], Handled]
-# How long a listening tick keeps gathering messages after a batch asked for runs.
+# Once a batch asked for runs, how long a listening tick waits for more of the burst after the
+# last batch before it ends (so that the runs are created).
 LINGER_SECONDS = 0.5
 # Below this much time left, a listening tick polls every SHORT_POLL_SECONDS instead of
 # long-polling (SQS waits in whole seconds).
@@ -153,7 +154,8 @@ def sqs_sensor(
     def _sensor(context: dg.SensorEvaluationContext, **_resources: Any) -> dg.SensorResult | dg.SkipReason:
         # Dagster passes the required resources as keyword arguments; they are read from the context.
         listen = listen_seconds() if callable(listen_seconds) else listen_seconds
-        deadline = time.monotonic() + max(0.0, listen - (time.time() - loop_started_at(context)))
+        window_end = time.monotonic() + max(0.0, listen - (time.time() - loop_started_at(context)))
+        deadline = window_end
         sqs = context.resources.aws.client("sqs")
         queue = queue_name()
         queue_url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
@@ -210,7 +212,7 @@ def sqs_sensor(
         if first:
             settle(first)
             if handled.asks:
-                deadline = min(deadline, time.monotonic() + LINGER_SECONDS)
+                deadline = min(window_end, time.monotonic() + LINGER_SECONDS)
         while counts["received"] < max_messages:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -222,8 +224,8 @@ def sqs_sensor(
                 batch = receive(0)
             if batch:
                 settle(batch)
-                if handled.asks:  # runs are created once the tick returns: end it soon
-                    deadline = min(deadline, time.monotonic() + LINGER_SECONDS)
+                if handled.asks:  # runs are created once the tick returns: end it when the burst pauses
+                    deadline = min(window_end, time.monotonic() + LINGER_SECONDS)
 
         if not counts["received"]:
             return dg.SkipReason(f"no messages on {queue}")

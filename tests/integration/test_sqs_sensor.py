@@ -119,8 +119,10 @@ def test_work_left_to_plan_by_several_batches_of_a_tick_is_planned_once(local_aw
 
     def handle(context: dg.SensorEvaluationContext, received: Sequence[Received[str]]) -> Handled:
         batches.append([r.body for r in received])
-        if len(batches) == 1:  # more of the burst lands while the first batch is handled
-            sqs.send_message(QueueUrl=url, MessageBody="b")
+        following = {"a": "b", "b": "c", "c": "d"}.get(received[0].body)
+        if following:  # more of the burst lands while a batch is handled, the last ones slowly
+            time.sleep(0.0 if following == "b" else 0.35)
+            sqs.send_message(QueueUrl=url, MessageBody=following)
         return Handled(done={r.message_id for r in received}, to_plan=[r.body for r in received])
 
     def plan(items: Sequence[str]) -> list[dg.RunRequest]:
@@ -135,7 +137,11 @@ def test_work_left_to_plan_by_several_batches_of_a_tick_is_planned_once(local_aw
         started = time.monotonic()
         result = sensor(context)
         took = time.monotonic() - started
-    assert batches == [["a"], ["b"]]
-    assert planned == [["a", "b"]]  # once, at the end of the tick
-    assert isinstance(result, dg.SensorResult) and [r.run_key for r in result.run_requests or []] == ["a+b"]
+    # The burst kept the tick open past half a second after the first batch that asked for runs
+    # (each batch moves the end on), and everything it left to plan was planned once, at the end.
+    assert batches == [["a"], ["b"], ["c"], ["d"]]
+    assert planned == [["a", "b", "c", "d"]]
+    assert isinstance(result, dg.SensorResult) and [r.run_key for r in result.run_requests or []] == [
+        "a+b+c+d"
+    ]
     assert took < 10.0  # work to plan ended the tick before its window
