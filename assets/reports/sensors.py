@@ -12,6 +12,8 @@
 """
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dagster as dg
 
@@ -24,7 +26,9 @@ from resources.aws import AwsClients
 from services.snapshots.catalog import Report, ReportRequestError, validate_params
 from services.snapshots.ids import canonical_params, canonical_versions, snapshot_id
 from services.snapshots.messages import RequestError, parse_request
-from services.snapshots.store import FAILED, READY, RENDERING, SnapshotStore
+from services.snapshots.store import FAILED, READY, RENDERING, RequestOutcome, SnapshotStore
+
+RECORD_THREADS = 8  # requests of one batch recorded in DynamoDB at once
 
 LIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -52,6 +56,7 @@ def build_request_sensor(
         store.ensure_table()
         handled, versions_of, asked = Handled(), {}, dict[str, Planned]()
         counts = {"new": 0, "reused": 0, "rejected": 0, "waiting": 0}
+        valid: list[tuple[str, str, Report, dict[str, Any], dict[str, str]]] = []
         for message in received:
             try:
                 request = parse_request(message.body, message.message_id)
@@ -71,15 +76,24 @@ def build_request_sensor(
                 continue
             if report.id not in versions_of:  # one read of the event log per report and tick
                 versions_of[report.id] = upstream_versions(context.instance, reads[report.id])
-            versions = versions_of[report.id]
-            outcome = store.record_request(
-                request.request_id,
+            valid.append((message.message_id, request.request_id, report, params, versions_of[report.id]))
+
+        def record(item: tuple[str, str, Report, dict[str, Any], dict[str, str]]) -> RequestOutcome:
+            _, request_id, report, params, versions = item
+            return store.record_request(
+                request_id,
                 snapshot_id(report.id, params, versions, report.fingerprint),  # as current_snapshot()
                 report.id,
                 canonical_params(params),
                 canonical_versions(versions),
             )
-            handled.done.add(message.message_id)
+
+        # The conditional writes run side by side (each request's answer waits for its own two writes,
+        # not for the batch's): they stay race-free, as concurrent duplicates in separate ticks are.
+        with ThreadPoolExecutor(max(1, min(RECORD_THREADS, len(valid)))) as pool:
+            outcomes = list(pool.map(record, valid))
+        for (message_id, _, report, _, _), outcome in zip(valid, outcomes, strict=True):
+            handled.done.add(message_id)
             target = outcome.snapshot_id
             if outcome.state == READY:
                 counts["reused"] += 1
