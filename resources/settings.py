@@ -334,6 +334,12 @@ def snapshot_listen_seconds() -> float:
     return value
 
 
+def snapshot_request_grace_seconds() -> float:
+    """How long after a request the sweep may think its first run was never made (the sensor asks
+    for it at once; a daemon killed before making it is what the sweep catches)."""
+    return _positive_number("PLATFORM_SNAPSHOT_REQUEST_GRACE_SECONDS", 30.0)
+
+
 def snapshot_batch_size() -> int:
     """Snapshots one render run takes at most: a burst of requests becomes a few runs, each paying
     the run process's start once and rendering its snapshots one after another."""

@@ -337,9 +337,11 @@ class SnapshotStore:
 
     @classmethod
     def from_resources(cls, aws: AwsClients, **kwargs: Any) -> SnapshotStore:
-        """The store on the table PLATFORM_SNAPSHOT_TABLE (read now, not at import)."""
+        """The store on the table PLATFORM_SNAPSHOT_TABLE, with the request grace of
+        PLATFORM_SNAPSHOT_REQUEST_GRACE_SECONDS (both read now, not at import)."""
         from resources import settings
 
+        kwargs.setdefault("request_grace_seconds", settings.snapshot_request_grace_seconds())
         return cls(aws.client("dynamodb"), settings.snapshot_table(), **kwargs)
 
     # --- the table ---

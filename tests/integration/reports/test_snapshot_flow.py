@@ -492,3 +492,50 @@ def test_an_edited_report_is_rendered_again_over_unchanged_data(flow, tmp_path):
         assert after["state"] == READY and after["snapshot_id"] != before
         assert store.get(before).state == READY
         assert Counter(_materializations(instance)) == {before: 1, after["snapshot_id"]: 1}
+
+
+def test_a_render_run_that_died_mid_batch_is_made_good_by_the_sweep(flow, monkeypatch):
+    from dagster._core.test_utils import create_run_for_test
+
+    aws, store, resources = flow["resources"]["aws"], flow["store"], flow["resources"]
+    monkeypatch.setenv("PLATFORM_SNAPSHOT_REQUEST_GRACE_SECONDS", "1")
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    window = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+    write_windows(resources["warehouse"], window, {s: (f"{s}0.00", "0", 1) for s in (1, 2, 3)})
+    for store_id in (1, 2, 3):
+        _send(
+            aws,
+            flow["queue_url"],
+            request_body("store_sales_windows", {"day": day, "store_id": store_id}, f"r{store_id}"),
+        )
+    with dg.instance_for_test() as instance:
+        [run] = _drain(flow, instance)
+        first, *rest = snapshots_of(run)
+        assert len(rest) == 2
+        # The run started, claimed its first snapshot, and its process died (the record stays STARTED
+        # until run monitoring fails it); the other two were never claimed.
+        dead = create_run_for_test(
+            instance, job_name="__ASSET_JOB", tags=dict(run.tags), status=dg.DagsterRunStatus.STARTED
+        )
+        assert store.claim(first, dead.run_id, lease_seconds=3).won
+        time.sleep(1.2)  # past the grace a fresh request gets before the sweep may think its run lost
+        assert isinstance(_tick(flow, instance, "report_snapshot_sweep"), dg.SkipReason)  # live: left alone
+        instance.report_run_failed(dead)  # what run monitoring records for a run whose process died
+        runs = apply(instance, _tick(flow, instance, "report_snapshot_sweep"))
+        assert sorted(s for r in runs for s in snapshots_of(r)) == sorted(rest)  # the claimed one: leased
+        for request in runs:
+            assert execute(flow["defs"], instance, request, resources).success
+        assert all(store.get(s).state == READY for s in rest)
+        assert store.get(first).state == RENDERING
+        time.sleep(max(0.0, (store.get(first).lease_until - datetime.now(UTC)).total_seconds()) + 0.1)
+        [retaken] = apply(instance, _tick(flow, instance, "report_snapshot_sweep"))
+        assert snapshots_of(retaken) == [first]
+        assert execute(flow["defs"], instance, retaken, resources).success
+        snap = store.get(first)
+        assert snap.state == READY and snap.attempts == 2
+        assert Counter(_materializations(instance)) == dict.fromkeys([first, *rest], 1)
+        for store_id in (1, 2, 3):
+            request = store.get_request(f"r{store_id}")
+            assert request["state"] == READY
+            [row] = _csv_rows(_snapshot_files(flow, request["snapshot_id"])["store_sales_windows.csv"])
+            assert row["net_sales"] == money(10 * store_id)
