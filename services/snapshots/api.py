@@ -51,14 +51,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.http_errors import ApiError, BodyLimit, ErrorResponse, install_error_handlers
 from services.snapshots.catalog import (
     Report,
     ReportCatalogError,
@@ -205,16 +203,6 @@ class Health(BaseModel):
     table: Dependency
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    parameter: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 _ERROR_TEXT = {
     401: "missing or wrong bearer token",
     404: "unknown report, request or snapshot",
@@ -228,70 +216,6 @@ _ERROR_TEXT = {
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
-
-
-# --- errors ----------------------------------------------------------------------------------
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        parameter: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.parameter, self.headers = (
-            status,
-            code,
-            message,
-            parameter,
-            headers,
-        )
-
-
-def error_response(
-    status: int, code: str, message: str, parameter: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "parameter": parameter}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """413 for a body over the limit: by Content-Length, or while it is being read."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = error_response(413, "payload_too_large", f"the body is over {self.limit} bytes", "body")
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await too_large(scope, receive, send)
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await too_large(scope, receive, send)
-                return
-        sent = False
-
-        async def replay() -> Any:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -524,34 +448,7 @@ def create_app(
         description=__doc__,
     )
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = [str(part) for part in first.get("loc", ())]
-        parameter = loc[-1] if len(loc) > 1 else (loc[0] if loc else None)
-        message = f"{parameter}: {first.get('msg', 'invalid')}" if parameter else "invalid request"
-        return error_response(422, "invalid_parameter", message, parameter)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            str(exc.detail),
-            None,
-            dict(exc.headers or {}),
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("snapshot-api: unexpected error")
-        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+    install_error_handlers(app, log=log, log_message="snapshot-api: unexpected error")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Security(authorize)])
 

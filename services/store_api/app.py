@@ -25,21 +25,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from assets.store_sales import serving
+from services.http_errors import ApiError, ErrorResponse, install_error_handlers
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -94,16 +93,6 @@ class TopWindow(BaseModel):
     stores: list[Window] = Field(description="highest net_sales first")
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    parameter: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 class Dependency(BaseModel):
     ok: bool
     detail: str
@@ -131,31 +120,6 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # --- errors ---------------------------------------------------------------------
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        parameter: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.code, self.message, self.parameter = status, code, message, parameter
-        self.headers = headers
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    parameter: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "parameter": parameter}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 class WarehouseBusy(Exception):
     """The warehouse could not be read in time (a writer holds DuckDB's lock) or at all."""
 
@@ -396,30 +360,7 @@ def create_app(
     app.state.redis = redis_reader
     app.state.warehouse = wh
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = [str(part) for part in first.get("loc", ())]
-        parameter = loc[-1] if len(loc) > 1 else (loc[0] if loc else None)
-        message = f"{parameter}: {first.get('msg', 'invalid')}" if parameter else "invalid request"
-        return error_response(422, "invalid_parameter", message, parameter)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), None, exc.headers
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("store-api: unexpected error")
-        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+    install_error_handlers(app, log=log, log_message="store-api: unexpected error")
 
     v1 = APIRouter(prefix="/v1", dependencies=[Security(authorize)])
 

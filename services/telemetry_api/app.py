@@ -46,8 +46,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.http_errors import (
+    HTTP_CODES,
+    ApiError,
+    BodyLimit,
+    ErrorResponse,
+    error_response,
+    install_error_handlers,
+)
 from services.telemetry_api.sink import Sink, SinkUnavailable, new_batch_id
 
 TOKEN_ENV = "TELEMETRY_API_TOKEN"
@@ -144,16 +151,6 @@ class Accepted(BaseModel):
     accepted: int
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    parameter: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 class Health(BaseModel):
     status: Literal["ok", "down"]
     sink: str
@@ -171,20 +168,6 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "the readings could not be made durable; retry",
     }
     return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, parameter: str | None = None,
-                 headers: dict[str, str] | None = None):  # fmt: skip
-        super().__init__(message)
-        self.status, self.code, self.message, self.parameter, self.headers = (
-            status, code, message, parameter, headers)  # fmt: skip
-
-
-def error_response(status: int, code: str, message: str, parameter: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
-    body = {"error": {"code": code, "message": message, "parameter": parameter}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str | None:
@@ -278,45 +261,6 @@ class TokenBuckets:
             return None
 
 
-class BodyLimit:
-    """413 for a body over the limit: by Content-Length, or while it is being read."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        too_large = error_response(413, "payload_too_large", f"the body is over {self.limit} bytes", "body")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await too_large(scope, receive, send)
-            return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await too_large(scope, receive, send)
-                return
-        sent = False
-
-        async def replay() -> Any:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
 # --- the app ----------------------------------------------------------------------------
 def create_app(
     sink: Sink, token: str, limits: Limits | None = None, sink_name: str = "local", manage_sink: bool = True
@@ -405,12 +349,7 @@ def create_app(
         body = Health(status="ok" if ok else "down", sink=sink_name, writable=ok, detail=detail)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.parameter, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    def invalid(exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "invalid"}
         loc = tuple(first.get("loc", ()))
@@ -432,19 +371,13 @@ def create_app(
             )
         return error_response(422, "invalid_reading", message, parameter or "body")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        )
-        parameter = "body" if exc.status_code == 400 else None
-        return error_response(
-            exc.status_code, code, str(exc.detail), parameter, getattr(exc, "headers", None)
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+    # No log= (as before): Starlette re-raises an unexpected error after its 500, for the server to log.
+    install_error_handlers(
+        app,
+        validation_error=invalid,
+        # FastAPI's 400 is a body it could not parse (e.g. not UTF-8): named as the body here.
+        http_codes={**HTTP_CODES, 400: ("invalid_body", "body")},
+    )
 
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     return app
