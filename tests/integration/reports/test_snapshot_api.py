@@ -15,17 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from resources.aws import AwsClients
 from services.aws_bootstrap import ensure_queue
@@ -34,6 +25,7 @@ from services.snapshots.catalog import get_report, load_reports, validate_params
 from services.snapshots.ids import canonical_params, canonical_versions, snapshot_id
 from services.snapshots.messages import REQUEST_ID, parse_request
 from services.snapshots.store import SnapshotStore
+from tests.support.schemathesis_api import fuzz_operations, load_operations
 
 TOKEN = "snapshot-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -401,15 +393,8 @@ def test_health_says_which_dependency_is_missing(
 
 # --- schemathesis ------------------------------------------------------------------------------
 EXAMPLES = 60
-# Not positive_data_acceptance: the schema cannot say which report ids exist or what their
-# parameters are, so a schema-valid request may rightly get 404 or 422.
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
+# The schema cannot say which report ids exist or what their parameters are, so a schema-valid
+# request may rightly get 404 or 422 (see CHECKS in the helper).
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -418,8 +403,7 @@ def test_schema_fuzz(
 ) -> None:
     record(store, "fuzz-0001", "fleet_anomalies_daily", fleet_params())
     app = create_app(local_aws, TOKEN)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = load_operations(app)
     assert {op.path for op in operations} == {
         "/v1/snapshots",
         "/v1/requests/{request_id}",
@@ -427,30 +411,13 @@ def test_schema_fuzz(
         "/v1/reports",
         "/health",
     }
-    statuses: dict[int, int] = {}
-    for operation in operations:
-        if mode is GenerationMode.NEGATIVE and operation.path in ("/health", "/v1/reports"):
-            continue  # no parameters: nothing to get wrong
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        def run(case) -> None:
-            response = case.call(headers=AUTH)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            assert response.status_code < 500, (case.path, case.body, response.text)
-            if response.status_code >= 400:
-                error = _error(response)
-                assert error["code"] and error["message"], error
-            case.validate_response(response, checks=CHECKS)
-
-        run()
-    print(mode, sorted(statuses.items()))
+    statuses = fuzz_operations(
+        operations,
+        mode=mode,
+        headers=AUTH,
+        max_examples=EXAMPLES,
+        skip_negative=("/health", "/v1/reports"),  # no parameters: nothing to get wrong
+    )
     assert not any(code >= 500 for code in statuses), statuses
     assert any(code < 300 for code in statuses) or mode is GenerationMode.NEGATIVE, statuses
     # Whatever was accepted is on the queue, each a message the consumer can read.
