@@ -8,6 +8,11 @@ In a local lake the `telemetry/archive` asset (archive.py) does the same job.
 
 Rules are per dataset prefix, not per `<tier>/telemetry/`: the raw tier also holds the Kinesis
 consumer's checkpoints (raw/telemetry/kinesis_checkpoints/), which must never expire.
+
+One more rule collects what a Spark run killed between staging and cleanup leaves under the lake's
+`_staging/` (resources.lake.paths.STAGING_ROOT): objects there expire after a day (S3's minimum),
+and multipart uploads left incomplete there are aborted after a day. Every staging job is named
+uniquely per run, so a day-old object there belongs to a run that is over (or has outlived a day).
 """
 
 from dataclasses import dataclass
@@ -19,11 +24,14 @@ from assets.shared.automation import initial_load
 from assets.shared.conventions import domain_asset_args
 from resources import settings
 from resources.lake import LakeStorage, S3Lake, Tier, dataset_prefix
+from resources.lake.paths import STAGING_ROOT
 
 DOMAIN = "telemetry"
 IA_AFTER_DAYS = 30
 GLACIER_AFTER_DAYS = 365
-RULE_ID_PREFIX = "telemetry-tiers-"
+RULE_ID_PREFIX = "telemetry-tiers-"  # every rule of ours, and only ours, has an ID starting so
+STAGING_RULE_ID = f"{RULE_ID_PREFIX}staging"  # no clash with the datasets': "staging" is not a Tier
+STAGING_EXPIRE_DAYS = 1  # S3's minimum; the local archive asset sweeps staging at the same age
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ def s3_prefix(lake: S3Lake, key: str) -> str:
 
 
 def lifecycle_rules(lake: S3Lake) -> list[dict[str, Any]]:
-    """The bucket lifecycle rules of the telemetry datasets, as boto3 takes them."""
+    """The bucket lifecycle rules of the telemetry datasets and of the lake's staging prefix, as
+    boto3 takes them."""
     rules = []
     for ds in TIERED_DATASETS:
         retention = ds.retention_days()
@@ -87,7 +96,19 @@ def lifecycle_rules(lake: S3Lake) -> list[dict[str, Any]]:
         if transitions:
             rule["Transitions"] = transitions
         rules.append(rule)
+    rules.append(staging_rule(lake))
     return rules
+
+
+def staging_rule(lake: S3Lake) -> dict[str, Any]:
+    """The rule that collects leftover `_staging/<job>/` prefixes (objects and incomplete uploads)."""
+    return {
+        "ID": STAGING_RULE_ID,
+        "Filter": {"Prefix": s3_prefix(lake, f"{STAGING_ROOT}/")},
+        "Status": "Enabled",
+        "Expiration": {"Days": STAGING_EXPIRE_DAYS},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": STAGING_EXPIRE_DAYS},
+    }
 
 
 def lifecycle_configuration(lake: S3Lake) -> dict[str, Any]:
@@ -133,6 +154,9 @@ def _normalized(rule: dict[str, Any]) -> dict[str, Any]:
         "Prefix": flt.get("Prefix", rule.get("Prefix")),
         "Transitions": sorted((t.get("Days"), t.get("StorageClass")) for t in rule.get("Transitions", [])),
         "Expiration": (rule.get("Expiration") or {}).get("Days"),
+        "AbortIncompleteMultipartUpload": (rule.get("AbortIncompleteMultipartUpload") or {}).get(
+            "DaysAfterInitiation"
+        ),
     }
 
 
@@ -154,8 +178,9 @@ def lifecycle_differences(lake: S3Lake) -> list[str]:
     key=[DOMAIN, "lake_lifecycle"],
     description=(
         "S3 lake: puts the telemetry tiers' lifecycle rules on the bucket (Standard-IA at 30 days,"
-        " Glacier at 365, expiry at retention), keeping other rules. Local lake: nothing to put;"
-        " telemetry/archive does the tiering."
+        " Glacier at 365, expiry at retention) and one expiring leftover `_staging/` objects and"
+        " incomplete uploads after a day, keeping other rules. Local lake: nothing to put;"
+        " telemetry/archive does the tiering and the staging sweep."
     ),
     automation_condition=initial_load() | dg.AutomationCondition.on_cron("30 2 * * *"),
     **domain_asset_args(DOMAIN),

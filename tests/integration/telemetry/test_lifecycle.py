@@ -32,6 +32,14 @@ FOREIGN_RULE = {
     "Status": "Enabled",
     "Expiration": {"Days": 7},
 }
+# The rules this file expects of ours, spelled out here rather than read from the code.
+DATASET_RULE_IDS = {
+    "telemetry-tiers-raw-readings",
+    "telemetry-tiers-processed-readings",
+    "telemetry-tiers-curated-hourly_summary",
+}
+STAGING_RULE = "telemetry-tiers-staging"
+OUR_RULE_IDS = DATASET_RULE_IDS | {STAGING_RULE}
 
 
 # --- rows in the tiers' schemas ---------------------------------------------------------------
@@ -127,7 +135,7 @@ def test_lifecycle_merges_with_foreign_rules_and_is_idempotent(s3_lake: S3Lake):
     apply_lifecycle(s3_lake)  # a second put replaces our rules, never adds copies
 
     rules = current_rules(s3_lake)
-    assert len(rules) == 1 + len(TIERED_DATASETS)
+    assert sorted(r["ID"] for r in rules) == sorted(OUR_RULE_IDS | {"logs-expire"})  # no copies
     [foreign] = [r for r in rules if r["ID"] == "logs-expire"]
     assert foreign["Expiration"]["Days"] == 7
     ours = _ours(rules)
@@ -146,6 +154,13 @@ def test_lifecycle_merges_with_foreign_rules_and_is_idempotent(s3_lake: S3Lake):
     assert [(t["Days"], t["StorageClass"]) for t in raw["Transitions"]] == [(30, "STANDARD_IA")]
     assert raw["Expiration"]["Days"] == 90
     assert raw["Filter"]["Prefix"] == "lake/raw/telemetry/readings/"
+    # Leftover staging prefixes: expired after a day (S3's minimum), under the lake's root prefix.
+    staging = ours[STAGING_RULE]
+    assert staging["Filter"]["Prefix"] == "lake/_staging/"
+    assert staging["Status"] == "Enabled"
+    assert staging["Expiration"]["Days"] == 1
+    assert staging["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert "Transitions" not in staging
     assert lifecycle_differences(s3_lake) == []
 
 
@@ -168,13 +183,51 @@ def test_lifecycle_asset_repairs_drift_and_check_reports_it(s3_lake: S3Lake, mon
     result = dg.materialize([lake_lifecycle, lifecycle_matches], resources={"lake": s3_lake})
     assert result.success
     meta = result.asset_materializations_for_node(lake_lifecycle.op.name)[0].metadata
-    assert meta["rules"].value == 3
+    assert meta["rules"].value == len(OUR_RULE_IDS)
     assert meta["other_rules_kept"].value == 1
     [check] = result.get_asset_check_evaluations()
     assert check.passed
     processed = _ours(current_rules(s3_lake))["telemetry-tiers-processed-readings"]
     assert processed["Expiration"]["Days"] == 400
     assert {t["StorageClass"] for t in processed["Transitions"]} == {"STANDARD_IA", "GLACIER"}
+
+
+@pytest.mark.parametrize(
+    "drift",
+    [
+        pytest.param({"AbortIncompleteMultipartUpload": None}, id="no-multipart-abort"),
+        pytest.param({"Filter": {"Prefix": "_staging/"}}, id="prefix-outside-the-lake-root"),
+        pytest.param({"Expiration": {"Days": 30}}, id="expires-later"),
+    ],
+)
+def test_staging_rule_drift_is_reported_and_repaired(s3_lake: S3Lake, drift: dict):
+    good = {
+        "ID": STAGING_RULE,
+        "Filter": {"Prefix": "lake/_staging/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 1},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    drifted = {k: v for k, v in {**good, **drift}.items() if v is not None}
+    apply_lifecycle(s3_lake)
+    others = [r for r in current_rules(s3_lake) if r["ID"] != STAGING_RULE]
+    s3_lake.aws.client("s3").put_bucket_lifecycle_configuration(
+        Bucket=s3_lake.bucket_name, LifecycleConfiguration={"Rules": [*others, drifted, FOREIGN_RULE]}
+    )
+    problems = lifecycle_differences(s3_lake)
+    assert len(problems) == 1 and problems[0].startswith(f"rule {STAGING_RULE} is {{"), problems
+
+    failing = dg.materialize([lake_lifecycle, lifecycle_matches], resources={"lake": s3_lake},
+                             selection=dg.AssetSelection.checks(lifecycle_matches))  # fmt: skip
+    [check] = failing.get_asset_check_evaluations()
+    assert not check.passed
+
+    result = dg.materialize([lake_lifecycle, lifecycle_matches], resources={"lake": s3_lake})
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
+    rules = current_rules(s3_lake)
+    assert _ours(rules)[STAGING_RULE] == good
+    assert [r for r in rules if r["ID"] == "logs-expire"] == [FOREIGN_RULE]
 
 
 def test_bad_retention_setting_is_named(s3_lake: S3Lake, monkeypatch):
@@ -194,7 +247,8 @@ def test_bootstrap_puts_the_lifecycle_on_the_lake_bucket(local_aws, s3_bucket):
     assert "logs-expire" in {r["ID"] for r in rules}
     ours = _ours(rules)
     assert ours["telemetry-tiers-processed-readings"]["Filter"]["Prefix"] == "processed/telemetry/readings/"
-    assert len(ours) == len(TIERED_DATASETS)
+    assert ours[STAGING_RULE]["Filter"]["Prefix"] == "_staging/"  # a lake at the bucket's root
+    assert set(ours) == OUR_RULE_IDS
 
 
 # --- local: the archive asset ----------------------------------------------------------------------
