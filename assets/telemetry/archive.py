@@ -15,27 +15,46 @@ So a re-run after a crash between write and delete (or mid-delete) neither loses
 rows, and an hour re-processed after it was archived replaces that hour's archived rows. A source
 that changed while being compacted (size or time differs) is not deleted; the next run takes it.
 
+Staging leftovers: a Spark run killed between staging and cleanup leaves its `_staging/<job>/`
+prefix (resources.lake.paths.staging_prefix) behind. A prefix whose newest object is older than
+lifecycle.STAGING_EXPIRE_DAYS (1 day) is deleted whole; one with any younger object is left alone,
+as a run may be staging there right now. (Names the lake's listing hides, such as `_SUCCESS`,
+`.crc` and `.tmp-*`, do not count towards a prefix's age; they are deleted with it.)
+
 In an S3 lake the bucket lifecycle (lifecycle.py) tiers and expires objects in place, and this
 asset only reports what it sees (days past the archive age, objects under 128 KiB that S3's
-lifecycle does not transition, days past retention that are still there): rewriting objects
-there would restart their lifecycle age and cost requests without saving storage class changes.
+lifecycle does not transition, days past retention that are still there, staging prefixes past
+their age): rewriting objects there would restart their lifecycle age and cost requests without
+saving storage class changes.
 """
 
 import json
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from assets.shared.conventions import domain_asset_args
-from assets.telemetry.lifecycle import DOMAIN, TIERED_DATASETS, TieredDataset, lake_in_s3
+from assets.telemetry.lifecycle import (
+    DOMAIN,
+    STAGING_EXPIRE_DAYS,
+    TIERED_DATASETS,
+    TieredDataset,
+    lake_in_s3,
+)
 from resources import settings
 from resources.lake import LakeObject, LakePartition, LakeStorage, Tier, dataset_prefix, object_key
-from resources.lake.paths import PARQUET_COMPRESSION, PARQUET_SUFFIX, LakePathError, parse_key
+from resources.lake.paths import (
+    PARQUET_COMPRESSION,
+    PARQUET_SUFFIX,
+    STAGING_ROOT,
+    LakePathError,
+    parse_key,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -68,6 +87,43 @@ class ArchiveReport:
 
     def total(self, name: str) -> int:
         return sum(getattr(r, name) for r in self.datasets.values())
+
+
+@dataclass
+class StagingReport:
+    """Leftover `_staging/<job>/` prefixes past their age: removed (local) or seen (S3)."""
+
+    prefixes: int = 0
+    objects: int = 0
+    kept_young: int = 0  # prefixes with an object younger than the age: maybe a live run
+
+
+def stale_staging(lake: LakeStorage, now: datetime) -> tuple[dict[str, int], int]:
+    """The `_staging/<job>/` prefixes whose newest listed object is older than
+    STAGING_EXPIRE_DAYS, with their listed object counts, and how many prefixes are younger."""
+    by_prefix: dict[str, list[LakeObject]] = defaultdict(list)
+    root = f"{STAGING_ROOT}/"
+    for obj in lake.list_objects(root):
+        job, sep, _ = obj.key.removeprefix(root).partition("/")
+        if job and sep:  # an object right under _staging/ is no job's: left alone
+            by_prefix[f"{root}{job}/"].append(obj)
+    cutoff = now - timedelta(days=STAGING_EXPIRE_DAYS)
+    stale = {
+        prefix: len(objs)
+        for prefix, objs in sorted(by_prefix.items())
+        if max(o.last_modified for o in objs) < cutoff
+    }
+    return stale, len(by_prefix) - len(stale)
+
+
+def sweep_staging(lake: LakeStorage, now: datetime, delete: bool = True) -> StagingReport:
+    """Delete (or with delete=False only count) the stale staging prefixes (stale_staging)."""
+    stale, young = stale_staging(lake, now)
+    report = StagingReport(kept_young=young)
+    for prefix, listed in stale.items():
+        report.prefixes += 1
+        report.objects += lake.delete_prefix(prefix) if delete else listed
+    return report
 
 
 def archived_key(ds: TieredDataset, day: date) -> str:
@@ -268,15 +324,18 @@ def archive_telemetry(
     key=[DOMAIN, "archive"],
     description=(
         "Local lake: compacts each telemetry dataset's hourly files older than 30 days into one"
-        " file a day in the archived tier (rows verified before the originals are deleted) and"
-        " deletes days past retention. S3 lake: reports only; the bucket lifecycle tiers and expires."
+        " file a day in the archived tier (rows verified before the originals are deleted),"
+        " deletes days past retention and `_staging/<job>/` prefixes left by killed runs (newest"
+        " object older than a day). S3 lake: reports only; the bucket lifecycle tiers and expires."
     ),
     automation_condition=dg.AutomationCondition.on_cron("15 3 * * *"),
     **domain_asset_args(DOMAIN),
 )
 def archive(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
     in_s3 = lake_in_s3(lake)
-    report = archive_telemetry(lake, datetime.now(UTC).date(), compact=not in_s3)
+    now = datetime.now(UTC)
+    report = archive_telemetry(lake, now.date(), compact=not in_s3)
+    staging = sweep_staging(lake, now, delete=not in_s3)
     names = (
         ["days_past_archive_age", "small_objects", "days_past_retention"]
         if in_s3
@@ -284,6 +343,10 @@ def archive(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.Material
     )
     metadata: dict[str, Any] = {"mode": "s3 (report only)" if in_s3 else "local"}
     metadata.update({name: report.total(name) for name in names})
+    done = "past_age" if in_s3 else "removed"  # S3: the lifecycle's staging rule expires them
+    metadata[f"staging_prefixes_{done}"] = staging.prefixes
+    metadata[f"staging_objects_{done}"] = staging.objects
+    metadata["staging_prefixes_kept_young"] = staging.kept_young
     metadata["by_dataset"] = dg.MetadataValue.json(
         {ds: {n: getattr(r, n) for n in names} for ds, r in report.datasets.items()}
     )

@@ -3,6 +3,7 @@ local lake (compaction, retention, re-runs after a crash), read back through the
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import UTC, date, datetime, timedelta
 
@@ -10,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from assets.telemetry.archive import ArchiveError, archive, archive_telemetry, archived_key
+from assets.telemetry.archive import ArchiveError, archive, archive_telemetry, archived_key, sweep_staging
 from assets.telemetry.lifecycle import (
     TIERED_DATASETS,
     apply_lifecycle,
@@ -20,7 +21,7 @@ from assets.telemetry.lifecycle import (
     lifecycle_matches,
 )
 from assets.telemetry.sql_catalog import processed_schema, sql_tables_asset, summary_schema
-from resources.lake import LakePartition, LakeStorage, S3Lake, Tier
+from resources.lake import LakePartition, LakeStorage, LocalLake, S3Lake, Tier
 from resources.warehouse import DuckDBWarehouse
 from services.aws_bootstrap import ensure_bucket_fanout
 from services.telemetry_api.sink import RAW_SCHEMA
@@ -380,6 +381,8 @@ def test_archive_in_s3_only_reports(s3_lake: S3Lake):
     for h in (0, 1):
         write_hour(s3_lake, RAW, old, h, 4, rng, "part-00000.parquet")
     write_hour(s3_lake, RAW, today - timedelta(days=100), 0, 4, rng, "part-00000.parquet")
+    staged = "_staging/telemetry-0badf00d-12345678/raw/part-00000.parquet"
+    s3_lake.put_bytes(staged, b"left by a killed run")
 
     result = dg.materialize([archive], resources={"lake": s3_lake})
     meta = result.asset_materializations_for_node(archive.op.name)[0].metadata
@@ -387,8 +390,15 @@ def test_archive_in_s3_only_reports(s3_lake: S3Lake):
     assert meta["days_past_archive_age"].value == 2
     assert meta["small_objects"].value == 3  # under 128 KiB: S3 lifecycle leaves them in Standard
     assert meta["days_past_retention"].value == 1  # the lifecycle has not run on it (moto)
+    assert meta["staging_prefixes_past_age"].value == 0  # written just now
+    assert meta["staging_prefixes_kept_young"].value == 1
+    assert "staging_prefixes_removed" not in meta
     assert len(hourly_keys(s3_lake, RAW, old)) == 2  # nothing moved or deleted
     assert s3_lake.list_objects("archived/") == []
+    # Two days on (moto's clock cannot be moved), the prefix is past its age: counted, not deleted.
+    later = sweep_staging(s3_lake, datetime.now(UTC) + timedelta(days=2), delete=False)
+    assert (later.prefixes, later.objects, later.kept_young) == (1, 1, 0)
+    assert s3_lake.exists(staged)
 
 
 def test_unreadable_hourly_file_is_named_and_nothing_is_deleted(local_lake):
@@ -402,3 +412,71 @@ def test_unreadable_hourly_file_is_named_and_nothing_is_deleted(local_lake):
         archive_telemetry(local_lake, today)
     assert len(hourly_keys(local_lake, RAW, old)) == 2
     assert not local_lake.exists(archived_key(RAW, old))
+
+
+# --- local: leftover staging prefixes ----------------------------------------------------------------
+def age(lake: LocalLake, key: str, by: timedelta) -> None:
+    """Backdate a local lake object (LocalLake.list_objects reports the file's mtime)."""
+    when = (datetime.now(UTC) - by).timestamp()
+    os.utime(lake.uri(key), (when, when))
+
+
+def test_archive_sweeps_old_staging_prefixes_and_keeps_fresh_ones(local_lake: LocalLake):
+    rng = random.Random(15)
+    today = datetime.now(UTC).date()
+    # A run killed two days ago: inputs copied in, Spark's output written, its _SUCCESS marker.
+    dead = "_staging/telemetry-deadbeef-00000001/"
+    dead_keys = [
+        f"{dead}raw/raw__telemetry__readings__part-00000.parquet",
+        f"{dead}summary/part-00000.parquet",
+    ]
+    for key in dead_keys:
+        local_lake.put_bytes(key, b"staged")
+        age(local_lake, key, timedelta(days=2))
+    marker = local_lake.uri(f"{dead}summary/_SUCCESS")
+    open(marker, "wb").close()
+    # A run staging right now: its inputs were copied a while ago, its output is being written.
+    live = "_staging/telemetry-1ive0000-00000002/"
+    local_lake.put_bytes(f"{live}raw/part-00000.parquet", b"staged")
+    age(local_lake, f"{live}raw/part-00000.parquet", timedelta(days=3))
+    local_lake.put_bytes(f"{live}summary/part-00000.parquet", b"being written")
+    # Just under a day old: not yet past the age.
+    recent = "_staging/telemetry-2ecent00-00000003/"
+    local_lake.put_bytes(f"{recent}raw/part-00000.parquet", b"staged")
+    age(local_lake, f"{recent}raw/part-00000.parquet", timedelta(hours=23))
+    # Not staging: a recent hour (inside the archive age) and a checkpoint, both with old mtimes.
+    write_hour(local_lake, RAW, today - timedelta(days=3), 4, 5, rng, "part-00000.parquet")
+    [hour_key] = hourly_keys(local_lake, RAW, today - timedelta(days=3))
+    checkpoint = "raw/telemetry/kinesis_checkpoints/shard-0.json"
+    local_lake.put_bytes(checkpoint, b"{}")
+    for key in (hour_key, checkpoint):
+        age(local_lake, key, timedelta(days=5))
+
+    result = dg.materialize([archive], resources={"lake": local_lake})
+    assert result.success
+    meta = result.asset_materializations_for_node(archive.op.name)[0].metadata
+    assert meta["staging_prefixes_removed"].value == 1
+    assert meta["staging_objects_removed"].value == 3  # the two staged files and the _SUCCESS marker
+    assert meta["staging_prefixes_kept_young"].value == 2
+    assert meta["days_compacted"].value == 0
+
+    assert local_lake.list_objects(dead) == []
+    assert not os.path.exists(local_lake.uri(dead))  # the whole folder, hidden names too
+    assert [o.key for o in local_lake.list_objects(live)] == [
+        f"{live}raw/part-00000.parquet",
+        f"{live}summary/part-00000.parquet",
+    ]
+    assert local_lake.get_bytes(f"{recent}raw/part-00000.parquet") == b"staged"
+    assert local_lake.exists(hour_key) and local_lake.exists(checkpoint)
+
+    # Nothing more to collect until the others age.
+    again = dg.materialize([archive], resources={"lake": local_lake})
+    assert (
+        again.asset_materializations_for_node(archive.op.name)[0].metadata["staging_prefixes_removed"].value
+        == 0
+    )
+    # A day and a bit later the live run's prefix would go too, if it were still there.
+    later = sweep_staging(local_lake, datetime.now(UTC) + timedelta(days=1, hours=1))
+    assert (later.prefixes, later.objects, later.kept_young) == (2, 3, 0)
+    assert local_lake.list_objects("_staging/") == []
+    assert local_lake.exists(hour_key) and local_lake.exists(checkpoint)
