@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -31,13 +31,14 @@ def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None
 
 
 def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
-    """Start `moto_server` on 127.0.0.1:port in its own process group and wait until it answers."""
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-    if exe is None:
-        raise FileNotFoundError("moto_server is not installed (it comes with the moto[server] package)")
+    """Start the moto server (services/moto_server.py: moto's, with DynamoDB's write atomicity) on
+    127.0.0.1:port in its own process group and wait until it answers."""
+    if importlib.util.find_spec("moto") is None:
+        raise FileNotFoundError("moto is not installed (the moto[server] package)")
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "services.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        cwd=Path(__file__).resolve().parents[1],  # the project, so that `services` imports
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
