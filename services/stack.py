@@ -128,7 +128,7 @@ def _init_pools(home: Path) -> None:
     os.environ.update(dagster_pg_env())  # what dagster.yaml reads
     with DagsterInstance.from_config(str(home)) as instance:
         if instance.event_log_storage.initialize_concurrency_limit_to_default(POOL):
-            limit = instance.event_log_storage.get_concurrency_info(POOL).slot_count
+            limit = instance.event_log_storage.get_concurrency_info(POOL).limit
             print(f"stack: pool {POOL} limited to {limit} runs at once", flush=True)
 
 
