@@ -165,7 +165,8 @@ def test_stack_runs_sensors_and_stops_cleanly(tmp_path, instance_db, cdc_source,
         # The render pool's limit row exists from the start, as dagster.yaml's default_limit sets it.
         from assets.reports.partitions import POOL
 
-        assert POOL in instance.event_log_storage.get_concurrency_keys()  # its row, made by dp up
+        # Its row, made by dp up once the webserver answers (the daemons may be healthy before).
+        _wait(lambda: POOL in instance.event_log_storage.get_concurrency_keys(), 60, "the pool's row", proc)
         assert instance.event_log_storage.get_concurrency_info(POOL).limit == 2
         key = dg.AssetKey(["lake_ops", "landing_arrivals"])
         event = _wait(
